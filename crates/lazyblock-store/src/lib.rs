@@ -1,1 +1,78 @@
-//! stub
+//! The origin store: where sealed chunks, manifests and catalog entries live.
+//!
+//! This crate owns the [`ChunkStore`] seam and its one implementation, [`ObjectChunkStore`],
+//! over the `object_store` crate: a local directory (the embedded default) or an S3-compatible
+//! bucket. It knows the object layout (`roots/<root>/chunks/<name>`,
+//! `roots/<root>/manifests/<id>`, `catalog/<tenant>/<name>:<tag>`) and the put-if-absent rule,
+//! and nothing about keys, plaintext or the CLI. Settings arrive as a typed [`StoreConfig`]; this
+//! crate reads no environment variables.
+//!
+//! Put-if-absent is a `HEAD` followed by a conditional `PUT` (`If-None-Match: *`). Servers that
+//! ignore the condition overwrite an existing chunk with the same bytes, which content addressing
+//! makes harmless. HTTP requests are retried with exponential backoff by `object_store`'s client,
+//! bounded in count and time (see [`StoreConfig`]).
+
+mod error;
+mod layout;
+mod object;
+pub mod testing;
+
+pub use error::{StoreError, StoreErrorKind};
+pub use layout::Layout;
+pub use object::{ObjectChunkStore, StoreConfig, StoreLocation};
+/// The names of S3 options accepted in [`StoreConfig::s3_options`].
+pub use object_store::aws::AmazonS3ConfigKey as S3ConfigKey;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use lazyblock_format::{ChunkName, ImageRef, ManifestId, RootId, TenantId};
+
+/// Result alias of this crate.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What a put-if-absent did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum PutOutcome {
+    /// The object was written.
+    Stored,
+    /// An object of that name was already there; nothing was written.
+    AlreadyPresent,
+}
+
+/// The origin store seam. Chunks and manifests are immutable and content-addressed; catalog
+/// entries are the only objects that are overwritten.
+#[async_trait]
+pub trait ChunkStore: Send + Sync + std::fmt::Debug {
+    /// Where the store is, for messages (`file:///…`, `s3://…`).
+    fn url(&self) -> &str;
+
+    /// Checks that the store can be reached and listed.
+    async fn check(&self) -> Result<()>;
+
+    /// Stores a sealed chunk unless one of that name exists.
+    async fn put_chunk(&self, root: &RootId, name: &ChunkName, data: Bytes) -> Result<PutOutcome>;
+    /// Fetches a sealed chunk (unverified: callers check the name).
+    async fn get_chunk(&self, root: &RootId, name: &ChunkName) -> Result<Bytes>;
+    /// Whether a chunk exists.
+    async fn has_chunk(&self, root: &RootId, name: &ChunkName) -> Result<bool>;
+    /// Deletes a chunk (for GC and tests). Deleting a missing chunk is not an error.
+    async fn delete_chunk(&self, root: &RootId, name: &ChunkName) -> Result<()>;
+    /// Every chunk name in a root, in no particular order.
+    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, Result<ChunkName>>;
+
+    /// Stores a manifest unless one of that id exists.
+    async fn put_manifest(&self, root: &RootId, id: &ManifestId, data: Bytes)
+        -> Result<PutOutcome>;
+    /// Fetches a manifest's bytes.
+    async fn get_manifest(&self, root: &RootId, id: &ManifestId) -> Result<Bytes>;
+
+    /// Publishes (or re-points) a catalog entry.
+    async fn put_catalog(&self, tenant: &TenantId, image: &ImageRef, entry: Bytes) -> Result<()>;
+    /// Fetches a catalog entry.
+    async fn get_catalog(&self, tenant: &TenantId, image: &ImageRef) -> Result<Bytes>;
+    /// Removes a catalog entry.
+    async fn delete_catalog(&self, tenant: &TenantId, image: &ImageRef) -> Result<()>;
+    /// The images in a tenant's catalog, sorted.
+    async fn list_catalog(&self, tenant: &TenantId) -> Result<Vec<ImageRef>>;
+}

@@ -1,1 +1,537 @@
-fn main() {}
+//! `lazyblock`: the command line of lazyblock.
+//!
+//! Owns argument parsing (clap), settings resolution (flags > environment > config file >
+//! defaults), logging, progress bars and exit codes. Everything it does is delegated to the
+//! library crates; this is the only crate that uses `anyhow`, reads the environment or the clock.
+
+mod bench;
+mod settings;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use lazyblock_format::{ChunkSize, ImageRef, RootId, TenantId};
+use lazyblock_image::{BuildOptions, Context, Progress};
+use lazyblock_keys::LocalKeyring;
+use lazyblock_store::{ChunkStore, ObjectChunkStore, StoreConfig, StoreLocation};
+
+const LONG_ABOUT: &str = "\
+lazyblock stores block images (e.g. ext4 root filesystems) as convergently encrypted, \
+deduplicated 512 KiB chunks plus a sealed manifest, so they can later be served on demand.
+
+With no configuration it uses a local store under ~/.local/share/lazyblock/store, keys under \
+~/.config/lazyblock/keys and the tenant \"default\".
+
+Settings, highest precedence first: flags, environment (LAZYBLOCK_STORE, LAZYBLOCK_TENANT, \
+LAZYBLOCK_KEYS_DIR, LAZYBLOCK_CONFIG), the config file (~/.config/lazyblock/config.toml, keys: \
+store, tenant, keys_dir, chunk_size, upload_concurrency, fetch_concurrency), defaults.
+S3 stores (s3://bucket/prefix) are configured the usual way: AWS_ENDPOINT_URL, \
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP.";
+
+#[derive(Parser, Debug)]
+#[command(name = "lazyblock", version, about = "Build, inspect, export and verify block images in a deduplicating, encrypted chunk store", long_about = LONG_ABOUT)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct GlobalArgs {
+    /// Origin store: file:///abs/path, /abs/path or s3://bucket/prefix [default: file://~/.local/share/lazyblock/store]
+    #[arg(long, global = true, env = "LAZYBLOCK_STORE")]
+    store: Option<String>,
+    /// Tenant acting [default: default]
+    #[arg(long, global = true, env = "LAZYBLOCK_TENANT")]
+    tenant: Option<String>,
+    /// Directory of the local keyring (one key per tenant, mode 0600) [default: ~/.config/lazyblock/keys]
+    #[arg(long, global = true, env = "LAZYBLOCK_KEYS_DIR")]
+    keys_dir: Option<PathBuf>,
+    /// Config file (TOML) [default: ~/.config/lazyblock/config.toml if present]
+    #[arg(long, global = true, env = "LAZYBLOCK_CONFIG")]
+    config: Option<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Chunk, encrypt and upload an image, then publish it in the tenant's catalog
+    Build(BuildArgs),
+    /// Describe a published image (no key needed)
+    Inspect(InspectArgs),
+    /// Write the exact bytes of a published image to a file (zero chunks become holes)
+    Export(ExportArgs),
+    /// Fetch and check every chunk of a published image; exit 1 and list the bad ones if any
+    Verify(VerifyArgs),
+    /// List the tenant's catalog
+    Images(ImagesArgs),
+    /// End-to-end benchmarks
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Args, Debug)]
+struct BuildArgs {
+    /// Source: raw:<file> (a disk image file or block device)
+    source: String,
+    /// Reference to publish, as name:tag
+    #[arg(long)]
+    name: String,
+    /// Chunk size: a power of two from 64KiB to 4MiB [default: 512KiB]
+    #[arg(long, value_parser = settings::parse_size)]
+    chunk_size: Option<u64>,
+    /// Chunk uploads in flight [default: 16]
+    #[arg(long)]
+    upload_concurrency: Option<usize>,
+    /// Print the build report as JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// Image reference, name:tag
+    image: String,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// Image reference, name:tag
+    image: String,
+    /// Output file (written under a temporary name and renamed when complete)
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Chunk fetches in flight [default: 16]
+    #[arg(long)]
+    concurrency: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// Image reference, name:tag
+    image: String,
+    /// Chunk fetches in flight [default: 16]
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ImagesArgs {
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// Everything resolved from flags, environment, config file and defaults.
+pub(crate) struct Resolved {
+    pub(crate) store_url: String,
+    pub(crate) tenant: TenantId,
+    pub(crate) keys_dir: PathBuf,
+    pub(crate) chunk_size: ChunkSize,
+    pub(crate) upload_concurrency: usize,
+    pub(crate) fetch_concurrency: usize,
+}
+
+fn resolve(global: &GlobalArgs) -> Result<Resolved> {
+    let file = settings::load_file_config(global.config.as_deref())?;
+    let store_url = global.store.clone().or(file.store).unwrap_or_else(|| {
+        format!("file://{}", settings::data_dir().join("store").display())
+    });
+    let tenant_text = global
+        .tenant
+        .clone()
+        .or(file.tenant)
+        .unwrap_or_else(|| "default".into());
+    let tenant = TenantId::new(&tenant_text)?;
+    let keys_dir = global
+        .keys_dir
+        .clone()
+        .or(file.keys_dir)
+        .unwrap_or_else(|| settings::config_dir().join("keys"));
+    let chunk_size = ChunkSize::new(file.chunk_size.unwrap_or(ChunkSize::DEFAULT.bytes() as u64))
+        .context("config file: chunk_size")?;
+    Ok(Resolved {
+        store_url,
+        tenant,
+        keys_dir,
+        chunk_size,
+        upload_concurrency: file.upload_concurrency.unwrap_or(16),
+        fetch_concurrency: file.fetch_concurrency.unwrap_or(16),
+    })
+}
+
+pub(crate) fn open_store(url: &str) -> Result<Arc<dyn ChunkStore>> {
+    let mut config = StoreConfig::new(StoreLocation::parse(url)?);
+    if matches!(config.location, StoreLocation::S3 { .. }) {
+        config.s3_options = settings::aws_options_from_env();
+    }
+    Ok(Arc::new(ObjectChunkStore::open(&config)?))
+}
+
+fn context(r: &Resolved) -> Result<Context> {
+    Ok(Context {
+        store: open_store(&r.store_url)?,
+        keys: Arc::new(LocalKeyring::new(&r.keys_dir)),
+        tenant: r.tenant.clone(),
+        root: RootId::initial(),
+    })
+}
+
+pub(crate) fn now_unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(crate) fn system_random(buf: &mut [u8]) {
+    aws_lc_rs::rand::fill(buf).expect("the system random generator failed");
+}
+
+/// A progress bar on stderr when it is a terminal; nothing otherwise.
+struct Bar(ProgressBar);
+
+impl Bar {
+    fn new(total: u64, what: &str) -> Arc<Self> {
+        let bar = if std::io::stderr().is_terminal() {
+            let b = ProgressBar::new(total);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_message(what.to_owned());
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        Arc::new(Self(bar))
+    }
+}
+
+impl Progress for Bar {
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Opens a `raw:` source: a regular file or a block device, non-empty.
+pub(crate) fn open_raw_source(spec: &str) -> Result<(std::fs::File, u64, String)> {
+    let Some(path) = spec.strip_prefix("raw:") else {
+        if spec.starts_with("oci:") || spec.starts_with("docker-archive:") {
+            bail!("source {spec:?}: OCI sources are not supported yet; use raw:<file>");
+        }
+        bail!("source {spec:?} has no known type: use raw:<file>");
+    };
+    if path.is_empty() {
+        bail!("source {spec:?} names no file: use raw:<file>");
+    }
+    let file = std::fs::File::open(path).map_err(|e| anyhow!("cannot open source {path}: {e}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| anyhow!("cannot stat source {path}: {e}"))?;
+    use std::os::unix::fs::FileTypeExt;
+    let size = if meta.is_file() {
+        meta.len()
+    } else if meta.file_type().is_block_device() {
+        use std::io::Seek;
+        let mut f = &file;
+        f.seek(std::io::SeekFrom::End(0))
+            .map_err(|e| anyhow!("cannot size block device {path}: {e}"))?
+    } else {
+        bail!("source {path} is not a regular file or block device");
+    };
+    if size == 0 {
+        bail!("source {path} is empty");
+    }
+    let abs = std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path));
+    Ok((file, size, format!("raw:{}", abs.display())))
+}
+
+async fn cmd_build(r: &Resolved, args: &BuildArgs) -> Result<()> {
+    let image = ImageRef::parse(&args.name)?;
+    let chunk_size = match args.chunk_size {
+        Some(n) => ChunkSize::new(n)?,
+        None => r.chunk_size,
+    };
+    let (file, size, source) = open_raw_source(&args.source)?;
+    let ctx = context(r)?;
+    ctx.store.check().await?;
+    let mut opts = BuildOptions::new(image, source, now_unix_secs());
+    opts.chunk_size = chunk_size;
+    opts.upload_concurrency = args.upload_concurrency.unwrap_or(r.upload_concurrency);
+    let bar = Bar::new(size, "build");
+    let report = lazyblock_image::build(
+        &ctx,
+        Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
+        size,
+        &opts,
+        bar.clone(),
+        &system_random,
+    )
+    .await?;
+    drop(bar);
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    let mbps = report.bytes_in as f64 / secs / 1e6;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "image": report.image.to_string(),
+                "tenant": ctx.tenant.to_string(),
+                "root": report.root.to_string(),
+                "manifest": report.manifest.to_string(),
+                "bytes_in": report.bytes_in,
+                "chunks_total": report.chunks_total,
+                "chunks_zero": report.chunks_zero,
+                "chunks_new": report.chunks_new,
+                "chunks_dedup": report.chunks_dedup,
+                "bytes_uploaded": report.bytes_uploaded,
+                "manifest_bytes": report.manifest_bytes,
+                "seconds": secs,
+                "mb_per_s": mbps,
+            })
+        );
+    } else {
+        println!("{}", report.image);
+    }
+    eprintln!(
+        "built {}: {} bytes in, {} chunks total / {} zero / {} new / {} deduplicated, {} bytes uploaded, manifest {} bytes, {:.2} s, {:.1} MB/s",
+        report.image,
+        report.bytes_in,
+        report.chunks_total,
+        report.chunks_zero,
+        report.chunks_new,
+        report.chunks_dedup,
+        report.bytes_uploaded,
+        report.manifest_bytes,
+        secs,
+        mbps
+    );
+    Ok(())
+}
+
+async fn cmd_inspect(r: &Resolved, args: &InspectArgs) -> Result<()> {
+    let image = ImageRef::parse(&args.image)?;
+    let ctx = context(r)?;
+    let info = lazyblock_image::inspect(&ctx, &image).await?;
+    let h = &info.header;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "image": info.image.to_string(),
+                "tenant": h.tenant.to_string(),
+                "root": h.root.to_string(),
+                "manifest": info.entry.manifest.to_string(),
+                "image_size": h.image_size,
+                "chunk_size": h.chunk_size.bytes(),
+                "chunks_total": info.chunks_total,
+                "chunks_zero": info.chunks_zero,
+                "chunks_distinct": info.chunks_distinct,
+                "manifest_bytes": info.manifest_bytes,
+                "created_unix_secs": h.created_unix_secs,
+                "source": h.source,
+            }))?
+        );
+    } else {
+        println!("image:           {}", info.image);
+        println!("tenant:          {}", h.tenant);
+        println!("root:            {}", h.root);
+        println!("manifest:        {}", info.entry.manifest);
+        println!("image size:      {} bytes", h.image_size);
+        println!("chunk size:      {} bytes", h.chunk_size.bytes());
+        println!(
+            "chunks:          {} total / {} zero / {} distinct",
+            info.chunks_total, info.chunks_zero, info.chunks_distinct
+        );
+        println!("manifest bytes:  {}", info.manifest_bytes);
+        println!("created:         {} (unix seconds)", h.created_unix_secs);
+        println!("source:          {}", h.source);
+    }
+    Ok(())
+}
+
+async fn cmd_export(r: &Resolved, args: &ExportArgs) -> Result<()> {
+    let image = ImageRef::parse(&args.image)?;
+    if args.output.is_dir() {
+        bail!("output {} is a directory", args.output.display());
+    }
+    let ctx = context(r)?;
+    let info = lazyblock_image::inspect(&ctx, &image).await?;
+    let bar = Bar::new(info.header.image_size, "export");
+    let report = lazyblock_image::export(
+        &ctx,
+        &image,
+        &args.output,
+        args.concurrency.unwrap_or(r.fetch_concurrency),
+        bar.clone(),
+    )
+    .await?;
+    drop(bar);
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    eprintln!(
+        "exported {image} to {}: {} bytes, {} chunks fetched, {} zero chunks as holes, {:.2} s, {:.1} MB/s",
+        args.output.display(),
+        report.image_size,
+        report.chunks_fetched,
+        report.chunks_zero,
+        secs,
+        report.image_size as f64 / secs / 1e6
+    );
+    Ok(())
+}
+
+async fn cmd_verify(r: &Resolved, args: &VerifyArgs) -> Result<bool> {
+    let image = ImageRef::parse(&args.image)?;
+    let ctx = context(r)?;
+    let info = lazyblock_image::inspect(&ctx, &image).await?;
+    let bar = Bar::new(info.header.image_size, "verify");
+    let report = lazyblock_image::verify(
+        &ctx,
+        &image,
+        args.concurrency.unwrap_or(r.fetch_concurrency),
+        bar.clone(),
+    )
+    .await?;
+    drop(bar);
+    if args.json {
+        let bad: Vec<_> = report
+            .bad
+            .iter()
+            .map(|b| serde_json::json!({"name": b.name.to_string(), "indexes": b.indexes, "reason": b.reason}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"image": image.to_string(), "chunks_checked": report.chunks_checked, "bad": bad})
+        );
+    } else {
+        for b in &report.bad {
+            println!(
+                "bad chunk {} at index {}: {}",
+                b.name,
+                b.indexes
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                b.reason
+            );
+        }
+    }
+    if report.bad.is_empty() {
+        eprintln!(
+            "verified {image}: {} distinct chunks, all good ({:.2} s)",
+            report.chunks_checked,
+            report.elapsed.as_secs_f64()
+        );
+        Ok(true)
+    } else {
+        eprintln!(
+            "error: {image}: {} of {} distinct chunks are bad",
+            report.bad.len(),
+            report.chunks_checked
+        );
+        Ok(false)
+    }
+}
+
+async fn cmd_images(r: &Resolved, args: &ImagesArgs) -> Result<()> {
+    let ctx = context(r)?;
+    let images = lazyblock_image::list_images(&ctx).await?;
+    if args.json {
+        let list: Vec<_> = images
+            .iter()
+            .map(|(i, e)| serde_json::json!({"image": i.to_string(), "root": e.root.to_string(), "manifest": e.manifest.to_string(), "image_size": e.image_size, "created_unix_secs": e.created_unix_secs}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        for (image, e) in &images {
+            println!(
+                "{image}\t{} bytes\troot {}\tmanifest {}",
+                e.image_size,
+                e.root,
+                e.manifest.short()
+            );
+        }
+        if images.is_empty() {
+            eprintln!("tenant {} has no images in {}", ctx.tenant, ctx.store.url());
+        }
+    }
+    Ok(())
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<bool> {
+    let r = resolve(&cli.global)?;
+    match &cli.command {
+        Command::Build(a) => cmd_build(&r, a).await.map(|()| true),
+        Command::Inspect(a) => cmd_inspect(&r, a).await.map(|()| true),
+        Command::Export(a) => cmd_export(&r, a).await.map(|()| true),
+        Command::Verify(a) => cmd_verify(&r, a).await,
+        Command::Images(a) => cmd_images(&r, a).await.map(|()| true),
+        Command::Bench(b) => bench::run(&r, b).await.map(|()| true),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            // One line: the error and its causes.
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1) {
+                line.push_str(": ");
+                line.push_str(&cause.to_string());
+            }
+            eprintln!("error: {}", line.replace('\n', " "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

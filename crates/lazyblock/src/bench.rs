@@ -1,0 +1,195 @@
+//! `lazyblock bench …`: end-to-end benchmarks that report ratios against baselines measured in
+//! the same run (the machines this runs on are shared and noisy).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand};
+use lazyblock_format::{seal_chunk, ImageRef, RootId, Salt, TenantId};
+use lazyblock_image::{BuildOptions, Context, NoProgress};
+use lazyblock_keys::LocalKeyring;
+use rand::{RngCore, SeedableRng};
+
+use crate::Resolved;
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum BenchCommand {
+    /// Build a page-cached random image into a fresh local store; compare with a plain file copy
+    /// and with sealing alone (no store), measured in the same run
+    Build(BenchBuildArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct BenchBuildArgs {
+    /// Image size
+    #[arg(long, default_value = "1GiB", value_parser = crate::settings::parse_size)]
+    size: u64,
+    /// Work directory (a fresh temporary directory under /var/tmp by default; removed after)
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Seed of the random image
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(r: &Resolved, cmd: &BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Build(a) => bench_build(r, a).await,
+    }
+}
+
+fn mbps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs.max(1e-9) / 1e6
+}
+
+async fn bench_build(r: &Resolved, args: &BenchBuildArgs) -> Result<()> {
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("lazyblock-bench-")
+                .tempdir_in("/var/tmp")
+                .context("cannot create a work directory in /var/tmp")?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let image_path = dir.join("random.img");
+    eprintln!(
+        "bench build: writing a {} MiB random image (seed {}) to {}",
+        args.size >> 20,
+        args.seed,
+        image_path.display()
+    );
+    {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+        let mut f = std::io::BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&image_path)?,
+        );
+        let mut buf = vec![0u8; 1 << 20];
+        let mut left = args.size;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            rng.fill_bytes(&mut buf[..n]);
+            f.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        f.flush()?;
+    }
+
+    // Baseline 1: a plain copy of the file (read + write through the page cache).
+    let t = Instant::now();
+    std::fs::copy(&image_path, dir.join("copy.img"))?;
+    let copy_secs = t.elapsed().as_secs_f64();
+    std::fs::remove_file(dir.join("copy.img"))?;
+
+    // Baseline 2: sealing alone, both cores, no store.
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let t = Instant::now();
+    {
+        let salt = Salt::for_root(&RootId::initial());
+        let chunk = r.chunk_size.as_usize();
+        let path = image_path.clone();
+        let size = args.size;
+        let handles: Vec<_> = (0..threads)
+            .map(|worker| {
+                let salt = salt.clone();
+                let path = path.clone();
+                std::thread::spawn(move || -> std::io::Result<()> {
+                    use std::os::unix::fs::FileExt;
+                    let f = std::fs::File::open(path)?;
+                    let mut buf = vec![0u8; chunk];
+                    let mut index = worker as u64;
+                    while index * (chunk as u64) < size {
+                        let off = index * chunk as u64;
+                        let n = (size - off).min(chunk as u64) as usize;
+                        f.read_exact_at(&mut buf[..n], off)?;
+                        let _ = seal_chunk(&salt, &mut buf[..n]);
+                        index += threads as u64;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("seal thread panicked"))??;
+        }
+    }
+    let seal_secs = t.elapsed().as_secs_f64();
+
+    // The real thing: build into a fresh local store, then the same image as a second tenant.
+    let store_url = format!("file://{}", dir.join("store").display());
+    let store = crate::open_store(&store_url)?;
+    let keys = Arc::new(LocalKeyring::new(dir.join("keys")));
+    let mut results = Vec::new();
+    for (tenant, label) in [("bench-a", "build (new chunks)"), ("bench-b", "build (all deduplicated)")] {
+        let ctx = Context {
+            store: store.clone(),
+            keys: keys.clone(),
+            tenant: TenantId::new(tenant)?,
+            root: RootId::initial(),
+        };
+        let mut opts = BuildOptions::new(
+            ImageRef::parse("bench/random:v1")?,
+            format!("raw:{}", image_path.display()),
+            crate::now_unix_secs(),
+        );
+        opts.chunk_size = r.chunk_size;
+        let file = std::fs::File::open(&image_path)?;
+        let report = lazyblock_image::build(
+            &ctx,
+            Box::new(std::io::BufReader::with_capacity(1 << 20, file)),
+            args.size,
+            &opts,
+            Arc::new(NoProgress),
+            &crate::system_random,
+        )
+        .await?;
+        results.push((label, report));
+    }
+
+    let copy = mbps(args.size, copy_secs);
+    let seal = mbps(args.size, seal_secs);
+    if args.json {
+        let builds: Vec<_> = results
+            .iter()
+            .map(|(label, rep)| {
+                let m = mbps(rep.bytes_in, rep.elapsed.as_secs_f64());
+                serde_json::json!({"case": label, "mb_per_s": m, "vs_copy": m / copy, "vs_seal_only": m / seal,
+                    "chunks_new": rep.chunks_new, "chunks_dedup": rep.chunks_dedup})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"size": args.size, "threads": threads, "copy_mb_per_s": copy, "seal_only_mb_per_s": seal, "builds": builds})
+        );
+    } else {
+        println!(
+            "bench build: {} MiB random image, page-cached, {} threads, chunk {} KiB",
+            args.size >> 20,
+            threads,
+            r.chunk_size.bytes() >> 10
+        );
+        println!("{:<28} {:>10} {:>9} {:>12}", "case", "MB/s", "vs copy", "vs seal-only");
+        println!("{:<28} {:>10.1} {:>9.2} {:>12.2}", "baseline: file copy", copy, 1.0, copy / seal);
+        println!("{:<28} {:>10.1} {:>9.2} {:>12.2}", "baseline: seal only", seal, seal / copy, 1.0);
+        for (label, rep) in &results {
+            let m = mbps(rep.bytes_in, rep.elapsed.as_secs_f64());
+            println!("{:<28} {:>10.1} {:>9.2} {:>12.2}", label, m, m / copy, m / seal);
+        }
+    }
+    Ok(())
+}

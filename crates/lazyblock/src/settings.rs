@@ -1,0 +1,128 @@
+//! Settings resolution: command line > environment > config file > built-in defaults.
+//!
+//! Only this module reads the environment and the config file; the library crates receive
+//! typed settings.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use serde::Deserialize;
+
+/// The TOML config file (`~/.config/lazyblock/config.toml`, or `--config` / `LAZYBLOCK_CONFIG`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    /// Store URL.
+    pub(crate) store: Option<String>,
+    /// Default tenant.
+    pub(crate) tenant: Option<String>,
+    /// Directory of the local keyring.
+    pub(crate) keys_dir: Option<PathBuf>,
+    /// Chunk size for builds, in bytes.
+    pub(crate) chunk_size: Option<u64>,
+    /// Chunk uploads in flight.
+    pub(crate) upload_concurrency: Option<usize>,
+    /// Chunk fetches in flight (export, verify).
+    pub(crate) fetch_concurrency: Option<usize>,
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(v) if Path::new(&v).is_absolute() => PathBuf::from(v),
+        _ => home().join(fallback),
+    }
+}
+
+/// `$XDG_CONFIG_HOME/lazyblock` (default `~/.config/lazyblock`).
+pub(crate) fn config_dir() -> PathBuf {
+    xdg("XDG_CONFIG_HOME", ".config").join("lazyblock")
+}
+
+/// `$XDG_DATA_HOME/lazyblock` (default `~/.local/share/lazyblock`).
+pub(crate) fn data_dir() -> PathBuf {
+    xdg("XDG_DATA_HOME", ".local/share").join("lazyblock")
+}
+
+/// Loads the config file: an explicit path must exist; the default path is optional.
+pub(crate) fn load_file_config(explicit: Option<&Path>) -> Result<FileConfig> {
+    let (path, required) = match explicit {
+        Some(p) => (p.to_path_buf(), true),
+        None => (config_dir().join("config.toml"), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            return Ok(FileConfig::default())
+        }
+        Err(e) => bail!("cannot read config file {}: {e}", path.display()),
+    };
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// The `AWS_*` environment as `object_store` S3 options (unknown `AWS_*` names are ignored).
+pub(crate) fn aws_options_from_env() -> Vec<(String, String)> {
+    let mut options: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .filter(|(k, _)| {
+            k.parse::<lazyblock_store::S3ConfigKey>().is_ok()
+        })
+        .collect();
+    options.sort();
+    options
+}
+
+/// Parses a size such as `512KiB`, `4MiB`, `1GiB`, `1G`, `65536`.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: expected a number with an optional unit such as KiB, MiB, GiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        "t" | "tib" | "tb" => 1 << 40,
+        _ => return Err(format!("invalid size unit in {text:?}: use KiB, MiB, GiB or TiB")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("12XB").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn config_file_is_strict() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "store = \"file:///x\"\ntenant = \"t\"\n").expect("write");
+        let c = load_file_config(Some(&p)).expect("load");
+        assert_eq!(c.store.as_deref(), Some("file:///x"));
+        std::fs::write(&p, "stor = \"x\"\n").expect("write");
+        assert!(load_file_config(Some(&p)).is_err());
+        assert!(load_file_config(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+}
