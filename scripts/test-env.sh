@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite needs, on loopback only:
-#   - Debian packages: e2fsprogs (mke2fs, e2fsck), python3 venv support;
+#   - Debian packages: e2fsprogs (mke2fs, e2fsck), attr (getfattr);
 #   - an S3-compatible server: moto (from PyPI, into .test-tools/venv), started on a free port
 #     with a fresh bucket.
 # Source it (". scripts/test-env.sh") to get the exported variables, then call
@@ -12,7 +12,7 @@ mkdir -p "$LB_TOOLS"
 
 need_apt=()
 command -v mke2fs >/dev/null || need_apt+=(e2fsprogs)
-command -v e2fsck >/dev/null || need_apt+=(e2fsprogs)
+command -v getfattr >/dev/null || need_apt+=(attr)
 if ((${#need_apt[@]})); then
   echo "test-env: installing ${need_apt[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null

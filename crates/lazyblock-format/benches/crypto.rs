@@ -18,7 +18,7 @@ fn random_chunk(len: usize) -> Vec<u8> {
 fn chunk_crypto(c: &mut Criterion) {
     let salt = Salt::for_root(&RootId::initial());
     let mut g = c.benchmark_group("chunk");
-    for len in [512 * 1024usize] {
+    for len in [64 * 1024usize, 512 * 1024] {
         let plain = random_chunk(len);
         g.throughput(Throughput::Bytes(len as u64));
         g.bench_function(format!("seal/{}KiB", len / 1024), |b| {

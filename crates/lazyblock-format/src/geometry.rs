@@ -19,9 +19,8 @@ impl ChunkSize {
 
     /// Validates a size in bytes.
     pub fn new(bytes: u64) -> Result<Self> {
-        let ok = bytes.is_power_of_two()
-            && bytes >= 1 << Self::MIN_LOG2
-            && bytes <= 1 << Self::MAX_LOG2;
+        let ok =
+            bytes.is_power_of_two() && (1 << Self::MIN_LOG2..=1 << Self::MAX_LOG2).contains(&bytes);
         if !ok {
             return Err(FormatError::invalid(format!(
                 "chunk size {bytes} must be a power of two from 64 KiB (65536) to 4 MiB (4194304)"
@@ -112,7 +111,10 @@ impl Geometry {
     /// The chunk holding byte `offset` and the offset within it.
     pub const fn locate(&self, offset: u64) -> (u64, usize) {
         let log2 = self.chunk_size.0.trailing_zeros();
-        (offset >> log2, (offset & (self.chunk_size.0 as u64 - 1)) as usize)
+        (
+            offset >> log2,
+            (offset & (self.chunk_size.0 as u64 - 1)) as usize,
+        )
     }
 }
 

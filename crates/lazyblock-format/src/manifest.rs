@@ -277,7 +277,9 @@ impl Manifest {
         let created_unix_secs = cur.u64("creation time")?;
         let source_len = cur.u16("source")? as usize;
         if source_len > MAX_SOURCE_LEN {
-            return Err(FormatError::corrupt("manifest source description is too long"));
+            return Err(FormatError::corrupt(
+                "manifest source description is too long",
+            ));
         }
         let source = std::str::from_utf8(cur.take(source_len, "source")?)
             .map_err(|_| FormatError::corrupt("manifest source is not UTF-8"))?

@@ -1,8 +1,8 @@
 //! Manifest codec: round trips, tamper detection, wrong keys, and the pinned bytes.
 
 use lazyblock_format::{
-    encode_manifest, seal_chunk, ChunkEntry, ChunkSize, FormatErrorKind, Manifest,
-    ManifestHeader, ManifestRandom, RootId, Salt, TenantId, TenantKey,
+    encode_manifest, seal_chunk, ChunkEntry, ChunkSize, FormatErrorKind, Manifest, ManifestHeader,
+    ManifestRandom, RootId, Salt, TenantId, TenantKey,
 };
 use proptest::prelude::*;
 
@@ -45,15 +45,29 @@ fn build(chunks: &[Option<u8>]) -> (Vec<ChunkEntry>, Vec<u8>) {
     let cs = ChunkSize::new(65536).expect("valid");
     let size = (chunks.len() as u64 - 1) * 65536 + 100;
     let e = entries(chunks);
-    let (_, bytes) =
-        encode_manifest(&header(size, cs), &e, &TenantKey::from_bytes([7; 32]), &random())
-            .expect("encode");
+    let (_, bytes) = encode_manifest(
+        &header(size, cs),
+        &e,
+        &TenantKey::from_bytes([7; 32]),
+        &random(),
+    )
+    .expect("encode");
     (e, bytes)
 }
 
 #[test]
 fn round_trip() {
-    let chunks = [Some(1), None, Some(2), Some(1), None, None, None, None, Some(9)];
+    let chunks = [
+        Some(1),
+        None,
+        Some(2),
+        Some(1),
+        None,
+        None,
+        None,
+        None,
+        Some(9),
+    ];
     let (e, bytes) = build(&chunks);
     let m = Manifest::decode(&bytes).expect("decode");
     assert_eq!(m.chunk_count(), 9);
@@ -208,5 +222,28 @@ fn every_single_byte_change_is_rejected_exhaustively() {
         }
         // Truncation at every length.
         assert!(Manifest::decode(&bytes[..i]).is_err(), "truncated to {i}");
+    }
+}
+
+/// The fuzz target's body over seed inputs: a valid manifest, every truncation of it, and
+/// a few thousand seeded random mutations.
+#[test]
+fn fuzz_body_over_seeds() {
+    use rand::{Rng, SeedableRng};
+    let (_, bytes) = build(&[Some(1), None, Some(2), Some(1)]);
+    lazyblock_format::fuzz_manifest_decode(&bytes);
+    for i in 0..bytes.len() {
+        lazyblock_format::fuzz_manifest_decode(&bytes[..i]);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for _ in 0..2000 {
+        let mut b = bytes.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let i = rng.random_range(0..b.len());
+            b[i] = rng.random();
+        }
+        lazyblock_format::fuzz_manifest_decode(&b);
+        // And the same mutation of the body, re-sealed with a valid trailer.
+        lazyblock_format::fuzz_manifest_decode(&b[..b.len() - 32]);
     }
 }

@@ -260,10 +260,9 @@ async fn build_inner(
         }
         entries[index as usize] = Some(entry);
     }
-    drop(uploads);
-    reader_task.await.map_err(|e| {
-        ImageError::new(ImageErrorKind::Other, format!("reader task failed: {e}"))
-    })?;
+    reader_task
+        .await
+        .map_err(|e| ImageError::new(ImageErrorKind::Other, format!("reader task failed: {e}")))?;
     let entries: Vec<ChunkEntry> = entries
         .into_iter()
         .enumerate()
@@ -370,10 +369,7 @@ pub async fn open_image(ctx: &Context, image: &ImageRef) -> Result<OpenedImage> 
         })?;
     let entry = CatalogEntry::decode(&raw)
         .map_err(|e| ImageError::new(ImageErrorKind::Corrupt, format!("{image}: {e}")))?;
-    let bytes = ctx
-        .store
-        .get_manifest(&entry.root, &entry.manifest)
-        .await?;
+    let bytes = ctx.store.get_manifest(&entry.root, &entry.manifest).await?;
     let manifest = Manifest::decode(&bytes).map_err(|e| {
         ImageError::new(
             ImageErrorKind::Corrupt,
@@ -621,7 +617,9 @@ pub async fn verify(
                 let len = geometry.chunk_len(index);
                 let outcome = match key {
                     None => Err(ImageError::new(ImageErrorKind::Corrupt, "no key")),
-                    Some(key) => fetch_plain(ctx, &root, index, name, key, len).await.map(|_| ()),
+                    Some(key) => fetch_plain(ctx, &root, index, name, key, len)
+                        .await
+                        .map(|_| ()),
                 };
                 progress.advance((len * indexes.len()) as u64);
                 match outcome {

@@ -112,7 +112,10 @@ impl LocalKeyring {
             Err(e) => {
                 return Err(KeyError::new(
                     KeyErrorKind::Io,
-                    format!("cannot read the key of tenant {tenant} at {}: {e}", path.display()),
+                    format!(
+                        "cannot read the key of tenant {tenant} at {}: {e}",
+                        path.display()
+                    ),
                 ))
             }
         };

@@ -67,6 +67,9 @@ mod tests {
         );
         let img = ImageRef::parse("team/app:v1").expect("valid");
         let t = TenantId::new("acme").expect("valid");
-        assert_eq!(Layout::new("").catalog(&t, &img), "catalog/acme/team/app:v1");
+        assert_eq!(
+            Layout::new("").catalog(&t, &img),
+            "catalog/acme/team/app:v1"
+        );
     }
 }

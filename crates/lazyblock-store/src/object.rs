@@ -134,7 +134,10 @@ impl ObjectChunkStore {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     StoreError::new(
                         StoreErrorKind::Unavailable,
-                        format!("store {url}: cannot create directory {}: {e}", dir.display()),
+                        format!(
+                            "store {url}: cannot create directory {}: {e}",
+                            dir.display()
+                        ),
                     )
                 })?;
                 let fs = LocalFileSystem::new_with_prefix(dir)
@@ -337,7 +340,10 @@ impl ChunkStore for ObjectChunkStore {
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(StoreError::new(
                     StoreErrorKind::NotFound,
-                    format!("image {image} of tenant {tenant}: not found in store {}", self.url),
+                    format!(
+                        "image {image} of tenant {tenant}: not found in store {}",
+                        self.url
+                    ),
                 ))
             }
             Err(e) => return Err(self.err(&format!("check {image}"), e)),

@@ -110,7 +110,11 @@ pub fn s3_test_config(unique: &str) -> Option<StoreConfig> {
 pub fn aws_options_from_env() -> Vec<(String, String)> {
     let mut options: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("AWS_"))
-        .filter(|(k, _)| k.to_ascii_lowercase().parse::<object_store::aws::AmazonS3ConfigKey>().is_ok())
+        .filter(|(k, _)| {
+            k.to_ascii_lowercase()
+                .parse::<object_store::aws::AmazonS3ConfigKey>()
+                .is_ok()
+        })
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
         .collect();
     options.sort();
@@ -145,14 +149,30 @@ pub async fn conformance(store: &dyn ChunkStore, strict_create: bool) {
 
     // Chunks: put-if-absent, get, has, list, delete.
     let a = Bytes::from(vec![1u8; 4096]);
-    let b = Bytes::from((0..(4u32 << 20)).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+    let b = Bytes::from(
+        (0..(4u32 << 20))
+            .map(|i| (i % 253) as u8)
+            .collect::<Vec<u8>>(),
+    );
     let (na, nb) = (name_of(&a), name_of(&b));
-    assert_eq!(store.put_chunk(&root, &na, a.clone()).await.expect("put"), PutOutcome::Stored);
     assert_eq!(
-        store.put_chunk(&root, &na, a.clone()).await.expect("put again"),
+        store.put_chunk(&root, &na, a.clone()).await.expect("put"),
+        PutOutcome::Stored
+    );
+    assert_eq!(
+        store
+            .put_chunk(&root, &na, a.clone())
+            .await
+            .expect("put again"),
         PutOutcome::AlreadyPresent
     );
-    assert_eq!(store.put_chunk(&root, &nb, b.clone()).await.expect("put 4 MiB"), PutOutcome::Stored);
+    assert_eq!(
+        store
+            .put_chunk(&root, &nb, b.clone())
+            .await
+            .expect("put 4 MiB"),
+        PutOutcome::Stored
+    );
     assert_eq!(store.get_chunk(&root, &na).await.expect("get"), a);
     assert_eq!(store.get_chunk(&root, &nb).await.expect("get 4 MiB"), b);
     assert!(store.has_chunk(&root, &na).await.expect("has"));
@@ -162,23 +182,27 @@ pub async fn conformance(store: &dyn ChunkStore, strict_create: bool) {
     assert_eq!(err.kind(), StoreErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains(&missing.to_hex()), "{err}");
     // Roots are separate namespaces.
-    assert!(!store.has_chunk(&other_root, &na).await.expect("has other root"));
+    assert!(!store
+        .has_chunk(&other_root, &na)
+        .await
+        .expect("has other root"));
     let mut listed: Vec<ChunkName> = store.list_chunks(&root).try_collect().await.expect("list");
     listed.sort();
     let mut expected = vec![na, nb];
     expected.sort();
     assert_eq!(listed, expected);
     store.delete_chunk(&root, &na).await.expect("delete");
-    store.delete_chunk(&root, &na).await.expect("delete missing is fine");
+    store
+        .delete_chunk(&root, &na)
+        .await
+        .expect("delete missing is fine");
     assert!(!store.has_chunk(&root, &na).await.expect("has deleted"));
 
     // Concurrent puts of one new chunk all succeed; with enforced creates exactly one stores it.
     let c = Bytes::from(vec![3u8; 65536]);
     let nc = name_of(&c);
-    let outcomes = futures::future::join_all(
-        (0..8).map(|_| store.put_chunk(&root, &nc, c.clone())),
-    )
-    .await;
+    let outcomes =
+        futures::future::join_all((0..8).map(|_| store.put_chunk(&root, &nc, c.clone()))).await;
     let stored = outcomes
         .into_iter()
         .map(|o| o.expect("concurrent put"))
@@ -186,16 +210,28 @@ pub async fn conformance(store: &dyn ChunkStore, strict_create: bool) {
         .count();
     assert!(stored >= 1);
     if strict_create {
-        assert_eq!(stored, 1, "conditional create must let exactly one writer store");
+        assert_eq!(
+            stored, 1,
+            "conditional create must let exactly one writer store"
+        );
     }
     assert_eq!(store.get_chunk(&root, &nc).await.expect("get"), c);
 
     // Manifests.
     let id = ManifestId::from_bytes([0x42; 32]);
     let m = Bytes::from_static(b"manifest bytes");
-    assert_eq!(store.put_manifest(&root, &id, m.clone()).await.expect("put m"), PutOutcome::Stored);
     assert_eq!(
-        store.put_manifest(&root, &id, m.clone()).await.expect("put m again"),
+        store
+            .put_manifest(&root, &id, m.clone())
+            .await
+            .expect("put m"),
+        PutOutcome::Stored
+    );
+    assert_eq!(
+        store
+            .put_manifest(&root, &id, m.clone())
+            .await
+            .expect("put m again"),
         PutOutcome::AlreadyPresent
     );
     assert_eq!(store.get_manifest(&root, &id).await.expect("get m"), m);
@@ -209,21 +245,58 @@ pub async fn conformance(store: &dyn ChunkStore, strict_create: bool) {
     let t1 = TenantId::new("tenant-one").expect("valid");
     let t2 = TenantId::new("tenant-two").expect("valid");
     let img = |s: &str| ImageRef::parse(s).expect("valid");
-    assert!(store.list_catalog(&t1).await.expect("empty list").is_empty());
-    store.put_catalog(&t1, &img("web/app:v2"), Bytes::from_static(b"1")).await.expect("pub");
-    store.put_catalog(&t1, &img("base:latest"), Bytes::from_static(b"2")).await.expect("pub");
-    store.put_catalog(&t2, &img("other:v1"), Bytes::from_static(b"3")).await.expect("pub");
-    store.put_catalog(&t1, &img("web/app:v2"), Bytes::from_static(b"4")).await.expect("repub");
+    assert!(store
+        .list_catalog(&t1)
+        .await
+        .expect("empty list")
+        .is_empty());
+    store
+        .put_catalog(&t1, &img("web/app:v2"), Bytes::from_static(b"1"))
+        .await
+        .expect("pub");
+    store
+        .put_catalog(&t1, &img("base:latest"), Bytes::from_static(b"2"))
+        .await
+        .expect("pub");
+    store
+        .put_catalog(&t2, &img("other:v1"), Bytes::from_static(b"3"))
+        .await
+        .expect("pub");
+    store
+        .put_catalog(&t1, &img("web/app:v2"), Bytes::from_static(b"4"))
+        .await
+        .expect("repub");
     assert_eq!(
         store.list_catalog(&t1).await.expect("list"),
         vec![img("base:latest"), img("web/app:v2")]
     );
-    assert_eq!(store.list_catalog(&t2).await.expect("list"), vec![img("other:v1")]);
-    assert_eq!(store.get_catalog(&t1, &img("web/app:v2")).await.expect("get"), Bytes::from_static(b"4"));
-    let err = store.get_catalog(&t2, &img("web/app:v2")).await.expect_err("other tenant");
+    assert_eq!(
+        store.list_catalog(&t2).await.expect("list"),
+        vec![img("other:v1")]
+    );
+    assert_eq!(
+        store
+            .get_catalog(&t1, &img("web/app:v2"))
+            .await
+            .expect("get"),
+        Bytes::from_static(b"4")
+    );
+    let err = store
+        .get_catalog(&t2, &img("web/app:v2"))
+        .await
+        .expect_err("other tenant");
     assert_eq!(err.kind(), StoreErrorKind::NotFound);
-    store.delete_catalog(&t1, &img("base:latest")).await.expect("unpublish");
-    let err = store.delete_catalog(&t1, &img("base:latest")).await.expect_err("gone");
+    store
+        .delete_catalog(&t1, &img("base:latest"))
+        .await
+        .expect("unpublish");
+    let err = store
+        .delete_catalog(&t1, &img("base:latest"))
+        .await
+        .expect_err("gone");
     assert_eq!(err.kind(), StoreErrorKind::NotFound);
-    assert_eq!(store.list_catalog(&t1).await.expect("list"), vec![img("web/app:v2")]);
+    assert_eq!(
+        store.list_catalog(&t1).await.expect("list"),
+        vec![img("web/app:v2")]
+    );
 }

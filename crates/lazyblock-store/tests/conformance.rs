@@ -14,7 +14,10 @@ async fn local_directory() {
     conformance(&store, true).await;
     // The layout on disk is the documented one.
     assert!(dir.path().join("store/roots/conformance/chunks").is_dir());
-    assert!(dir.path().join("store/catalog/tenant-one/web/app:v2").is_file());
+    assert!(dir
+        .path()
+        .join("store/catalog/tenant-one/web/app:v2")
+        .is_file());
 }
 
 #[tokio::test]

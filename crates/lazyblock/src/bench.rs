@@ -72,10 +72,7 @@ async fn bench_build(r: &Resolved, args: &BenchBuildArgs) -> Result<()> {
     );
     {
         let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-        let mut f = std::io::BufWriter::with_capacity(
-            1 << 20,
-            std::fs::File::create(&image_path)?,
-        );
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&image_path)?);
         let mut buf = vec![0u8; 1 << 20];
         let mut left = args.size;
         while left > 0 {
@@ -135,7 +132,10 @@ async fn bench_build(r: &Resolved, args: &BenchBuildArgs) -> Result<()> {
     let store = crate::open_store(&store_url)?;
     let keys = Arc::new(LocalKeyring::new(dir.join("keys")));
     let mut results = Vec::new();
-    for (tenant, label) in [("bench-a", "build (new chunks)"), ("bench-b", "build (all deduplicated)")] {
+    for (tenant, label) in [
+        ("bench-a", "build (new chunks)"),
+        ("bench-b", "build (all deduplicated)"),
+    ] {
         let ctx = Context {
             store: store.clone(),
             keys: keys.clone(),
@@ -183,12 +183,33 @@ async fn bench_build(r: &Resolved, args: &BenchBuildArgs) -> Result<()> {
             threads,
             r.chunk_size.bytes() >> 10
         );
-        println!("{:<28} {:>10} {:>9} {:>12}", "case", "MB/s", "vs copy", "vs seal-only");
-        println!("{:<28} {:>10.1} {:>9.2} {:>12.2}", "baseline: file copy", copy, 1.0, copy / seal);
-        println!("{:<28} {:>10.1} {:>9.2} {:>12.2}", "baseline: seal only", seal, seal / copy, 1.0);
+        println!(
+            "{:<28} {:>10} {:>9} {:>12}",
+            "case", "MB/s", "vs copy", "vs seal-only"
+        );
+        println!(
+            "{:<28} {:>10.1} {:>9.2} {:>12.2}",
+            "baseline: file copy",
+            copy,
+            1.0,
+            copy / seal
+        );
+        println!(
+            "{:<28} {:>10.1} {:>9.2} {:>12.2}",
+            "baseline: seal only",
+            seal,
+            seal / copy,
+            1.0
+        );
         for (label, rep) in &results {
             let m = mbps(rep.bytes_in, rep.elapsed.as_secs_f64());
-            println!("{:<28} {:>10.1} {:>9.2} {:>12.2}", label, m, m / copy, m / seal);
+            println!(
+                "{:<28} {:>10.1} {:>9.2} {:>12.2}",
+                label,
+                m,
+                m / copy,
+                m / seal
+            );
         }
     }
     Ok(())

@@ -148,9 +148,11 @@ pub(crate) struct Resolved {
 
 fn resolve(global: &GlobalArgs) -> Result<Resolved> {
     let file = settings::load_file_config(global.config.as_deref())?;
-    let store_url = global.store.clone().or(file.store).unwrap_or_else(|| {
-        format!("file://{}", settings::data_dir().join("store").display())
-    });
+    let store_url = global
+        .store
+        .clone()
+        .or(file.store)
+        .unwrap_or_else(|| format!("file://{}", settings::data_dir().join("store").display()));
     let tenant_text = global
         .tenant
         .clone()
@@ -513,7 +515,10 @@ async fn run(cli: Cli) -> Result<bool> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

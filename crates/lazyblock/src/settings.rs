@@ -70,9 +70,7 @@ pub(crate) fn aws_options_from_env() -> Vec<(String, String)> {
     let mut options: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k.starts_with("AWS_"))
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .filter(|(k, _)| {
-            k.parse::<lazyblock_store::S3ConfigKey>().is_ok()
-        })
+        .filter(|(k, _)| k.parse::<lazyblock_store::S3ConfigKey>().is_ok())
         .collect();
     options.sort();
     options
@@ -81,20 +79,24 @@ pub(crate) fn aws_options_from_env() -> Vec<(String, String)> {
 /// Parses a size such as `512KiB`, `4MiB`, `1GiB`, `1G`, `65536`.
 pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: expected a number with an optional unit such as KiB, MiB, GiB"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!(
+            "invalid size {text:?}: expected a number with an optional unit such as KiB, MiB, GiB"
+        )
+    })?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" | "kb" => 1 << 10,
         "m" | "mib" | "mb" => 1 << 20,
         "g" | "gib" | "gb" => 1 << 30,
         "t" | "tib" | "tb" => 1 << 40,
-        _ => return Err(format!("invalid size unit in {text:?}: use KiB, MiB, GiB or TiB")),
+        _ => {
+            return Err(format!(
+                "invalid size unit in {text:?}: use KiB, MiB, GiB or TiB"
+            ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size {text:?} is too large"))
