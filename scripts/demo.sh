@@ -24,7 +24,7 @@ echo "hello from lazyblock" > "$work/root/etc/motd"
 cp /bin/sh "$work/root/usr/bin/sh"
 head -c 3M /dev/urandom > "$work/root/var/lib/app/data.bin"
 E2FSPROGS_FAKE_TIME=1700000000 mke2fs -q -t ext4 -b 4096 -U 11111111-2222-3333-4444-555555555555 \
-  -E hash_seed=66666666-7777-8888-9999-aaaaaaaaaaaa -d "$work/root" "$work/sample.img" 64M
+  -E hash_seed=66666666-7777-8888-9999-aaaaaaaaaaaa -d "$work/root" "$work/sample.img" 64M >/dev/null
 
 store="${XDG_DATA_HOME:-$HOME/.local/share}/lazyblock/store"
 count_chunks() { find "$store/roots" -path '*/chunks/*' -type f 2>/dev/null | wc -l; }

@@ -65,11 +65,11 @@ fn manifest_codec(c: &mut Criterion) {
         wrap_nonce: [2; 12],
         table_nonce: [4; 12],
     };
-    let (_, bytes) = encode_manifest(&header, &chunks, &tenant_key, &random).expect("encode");
+    let (_, bytes) = encode_manifest(&header, &chunks, b"", &tenant_key, &random).expect("encode");
     let mut g = c.benchmark_group("manifest-1GiB");
     g.throughput(Throughput::Elements(chunks.len() as u64));
     g.bench_function("encode", |b| {
-        b.iter(|| encode_manifest(&header, &chunks, &tenant_key, &random).expect("encode"))
+        b.iter(|| encode_manifest(&header, &chunks, b"", &tenant_key, &random).expect("encode"))
     });
     g.bench_function("decode", |b| {
         b.iter(|| Manifest::decode(&bytes).expect("decode"))

@@ -29,7 +29,7 @@ pub use geometry::{is_zero, ChunkSize, Geometry};
 pub use ids::{ChunkName, ImageRef, ManifestId, RootId, TenantId};
 pub use manifest::{
     encode_manifest, ChunkEntry, KeyTable, Manifest, ManifestHeader, ManifestRandom,
-    MANIFEST_MAGIC, MANIFEST_VERSION, MAX_SOURCE_LEN,
+    MANIFEST_MAGIC, MANIFEST_VERSION, MAX_IMAGE_CONFIG_LEN, MAX_SOURCE_LEN,
 };
 
 /// Result alias of this crate.

@@ -21,6 +21,8 @@ pub const MANIFEST_MAGIC: [u8; 4] = *b"LZBM";
 pub const MANIFEST_VERSION: u16 = 1;
 /// Longest source description accepted, in bytes.
 pub const MAX_SOURCE_LEN: usize = 4096;
+/// Longest sealed image configuration accepted, in bytes.
+pub const MAX_IMAGE_CONFIG_LEN: usize = 1 << 20;
 
 const GCM_TAG_LEN: usize = 16;
 const NONCE_LEN: usize = 12;
@@ -88,12 +90,22 @@ fn put_str_u8(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Encodes and seals a manifest. Returns its id and bytes.
+///
+/// `image_config` is opaque to this crate (the OCI image configuration as JSON, or empty): it is
+/// sealed together with the key table, since environment variables may hold secrets.
 pub fn encode_manifest(
     header: &ManifestHeader,
     chunks: &[ChunkEntry],
+    image_config: &[u8],
     tenant_key: &TenantKey,
     random: &ManifestRandom,
 ) -> Result<(ManifestId, Vec<u8>)> {
+    if image_config.len() > MAX_IMAGE_CONFIG_LEN {
+        return Err(FormatError::invalid(format!(
+            "image configuration is {} bytes; at most {MAX_IMAGE_CONFIG_LEN} are allowed",
+            image_config.len()
+        )));
+    }
     let geometry = header.geometry()?;
     if geometry.chunk_count() != chunks.len() as u64 {
         return Err(FormatError::invalid(format!(
@@ -137,13 +149,15 @@ pub fn encode_manifest(
         }
     }
     out.extend_from_slice(&bitmap);
-    let mut table = Vec::with_capacity(data_count * 32 + GCM_TAG_LEN);
+    let mut table = Vec::with_capacity(data_count * 32 + image_config.len() + GCM_TAG_LEN);
     for c in chunks {
         if let ChunkEntry::Data { name, key } = c {
             out.extend_from_slice(name.as_bytes());
             table.extend_from_slice(key.as_bytes());
         }
     }
+    table.extend_from_slice(image_config);
+    out.extend_from_slice(&(image_config.len() as u32).to_le_bytes());
     // Key section: the wrapped data key, then the sealed key table.
     out.extend_from_slice(&tenant_key.fingerprint());
     out.extend_from_slice(&random.wrap_nonce);
@@ -296,13 +310,28 @@ impl Manifest {
         let chunk_count = chunk_count as usize;
         // Check the remaining length before allocating anything sized by the header.
         let bitmap_len = chunk_count.div_ceil(8);
+        let names_len = data_count
+            .checked_mul(32)
+            .ok_or_else(|| FormatError::corrupt("manifest data chunk count is too large"))?;
+        let config_len_at = cur.pos.saturating_add(bitmap_len).saturating_add(names_len);
+        let config_len = bytes
+            .get(config_len_at..config_len_at.saturating_add(4))
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or_else(|| FormatError::corrupt("manifest is truncated in its chunk table"))?;
+        if config_len > MAX_IMAGE_CONFIG_LEN {
+            return Err(FormatError::corrupt(
+                "manifest image configuration is too long",
+            ));
+        }
         let expected_rest = bitmap_len
-            + data_count * 32
+            + names_len
+            + 4
+            + config_len
             + 8
             + NONCE_LEN
             + WRAPPED_KEY_LEN
             + NONCE_LEN
-            + data_count * 32
+            + names_len
             + GCM_TAG_LEN;
         if body_len.checked_sub(cur.pos) != Some(expected_rest) {
             return Err(FormatError::corrupt(
@@ -337,6 +366,7 @@ impl Manifest {
                 ChunkName::from_bytes(n)
             })
             .collect();
+        let _config_len = cur.u32("image configuration length")?;
         let fingerprint = cur.array::<8>("key id")?;
         let wrapped_at = cur.pos + NONCE_LEN;
         let table_at = wrapped_at + WRAPPED_KEY_LEN + NONCE_LEN;
@@ -457,7 +487,9 @@ impl Manifest {
                 &mut table,
             )
             .map_err(|_| corrupt())?;
-        let keys = plain
+        let keys_len = self.names.len() * 32;
+        let image_config = plain[keys_len..].to_vec();
+        let keys = plain[..keys_len]
             .chunks_exact(32)
             .map(|c| {
                 let mut k = [0u8; 32];
@@ -469,6 +501,7 @@ impl Manifest {
         Ok(KeyTable {
             slots: self.slots.clone(),
             keys,
+            image_config,
         })
     }
 }
@@ -477,6 +510,7 @@ impl Manifest {
 pub struct KeyTable {
     slots: Vec<u32>,
     keys: Vec<ChunkKey>,
+    image_config: Vec<u8>,
 }
 
 impl KeyTable {
@@ -484,6 +518,16 @@ impl KeyTable {
     pub fn key(&self, index: u64) -> Option<&ChunkKey> {
         let slot = *self.slots.get(usize::try_from(index).ok()?)?;
         (slot != ZERO_SLOT).then(|| &self.keys[slot as usize])
+    }
+    /// The sealed image configuration (empty if the build had none).
+    pub fn image_config(&self) -> &[u8] {
+        &self.image_config
+    }
+}
+
+impl Drop for KeyTable {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.image_config);
     }
 }
 

@@ -48,6 +48,7 @@ fn build(chunks: &[Option<u8>]) -> (Vec<ChunkEntry>, Vec<u8>) {
     let (_, bytes) = encode_manifest(
         &header(size, cs),
         &e,
+        b"",
         &TenantKey::from_bytes([7; 32]),
         &random(),
     )
@@ -92,6 +93,27 @@ fn round_trip() {
 }
 
 #[test]
+fn image_config_is_sealed_with_the_keys() {
+    let cs = ChunkSize::new(65536).expect("valid");
+    let config = br#"{"Env":["SECRET=hunter2"],"Entrypoint":["/bin/sh"]}"#;
+    let (_, bytes) = encode_manifest(
+        &header(65536, cs),
+        &entries(&[Some(1)]),
+        config,
+        &TenantKey::from_bytes([7; 32]),
+        &random(),
+    )
+    .expect("encode");
+    assert!(
+        !bytes.windows(7).any(|w| w == b"hunter2"),
+        "the image configuration must not appear in clear"
+    );
+    let m = Manifest::decode(&bytes).expect("decode");
+    let keys = m.open_keys(&TenantKey::from_bytes([7; 32])).expect("open");
+    assert_eq!(keys.image_config(), config);
+}
+
+#[test]
 fn wrong_tenant_key_is_named() {
     let (_, bytes) = build(&[Some(1), Some(2)]);
     let m = Manifest::decode(&bytes).expect("decode");
@@ -116,6 +138,7 @@ fn size_budget_for_1gib_random_image() {
     let (_, bytes) = encode_manifest(
         &header(1 << 30, ChunkSize::DEFAULT),
         &e,
+        b"",
         &TenantKey::from_bytes([7; 32]),
         &random(),
     )
@@ -134,6 +157,7 @@ fn chunk_count_must_match_geometry() {
     let err = encode_manifest(
         &header(65536 * 2, ChunkSize::new(65536).expect("valid")),
         &e,
+        b"",
         &TenantKey::from_bytes([7; 32]),
         &random(),
     )
@@ -145,7 +169,15 @@ fn chunk_count_must_match_geometry() {
 /// (bump `MANIFEST_VERSION` and update `docs/format.md`).
 #[test]
 fn pinned_manifest_bytes() {
-    let (_, bytes) = build(&[Some(1), None, Some(2)]);
+    let cs = ChunkSize::new(65536).expect("valid");
+    let (_, bytes) = encode_manifest(
+        &header(2 * 65536 + 100, cs),
+        &entries(&[Some(1), None, Some(2)]),
+        br#"{"Env":["A=1"]}"#,
+        &TenantKey::from_bytes([7; 32]),
+        &random(),
+    )
+    .expect("encode");
     let expected = include_str!("../testdata/manifest-v1.hex").trim();
     assert_eq!(hex::encode(&bytes), expected, "manifest bytes changed");
 }
@@ -245,5 +277,53 @@ fn fuzz_body_over_seeds() {
         lazyblock_format::fuzz_manifest_decode(&b);
         // And the same mutation of the body, re-sealed with a valid trailer.
         lazyblock_format::fuzz_manifest_decode(&b[..b.len() - 32]);
+    }
+}
+
+/// docs/format.md is checked by an independent reader written from it alone
+/// (`scripts/format-reference.py`, Python + `cryptography`): it must decode the pinned manifest,
+/// open its key table and find the same names, keys and image configuration as this crate.
+#[test]
+fn format_matches_independent_python_reader() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = std::env::var("LAZYBLOCK_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join(".test-tools/venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} not found: run scripts/test.sh (it installs Python with `cryptography`) or set LAZYBLOCK_PYTHON",
+        python.display()
+    );
+    let pinned = root.join("crates/lazyblock-format/testdata/manifest-v1.hex");
+    let out = std::process::Command::new(&python)
+        .arg(root.join("scripts/format-reference.py"))
+        .arg(&pinned)
+        .arg(hex::encode([7u8; 32]))
+        .output()
+        .expect("run the reference reader");
+    assert!(
+        out.status.success(),
+        "reference reader failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let bytes = hex::decode(std::fs::read_to_string(&pinned).expect("read").trim()).expect("hex");
+    let m = Manifest::decode(&bytes).expect("decode");
+    let keys = m.open_keys(&TenantKey::from_bytes([7; 32])).expect("open");
+    assert_eq!(json["manifest_id"], m.id().to_hex());
+    assert_eq!(json["tenant"], "acme");
+    assert_eq!(json["image_size"], m.header().image_size);
+    assert_eq!(json["image_config"], r#"{"Env":["A=1"]}"#);
+    let chunks = json["chunks"].as_array().expect("chunks");
+    assert_eq!(chunks.len() as u64, m.chunk_count());
+    for (i, c) in chunks.iter().enumerate() {
+        match m.chunk(i as u64) {
+            None => assert!(c.is_null(), "chunk {i}"),
+            Some(name) => {
+                assert_eq!(c["name"], name.to_hex());
+                let key = keys.key(i as u64).expect("key");
+                assert_eq!(c["key"], hex::encode(key.as_bytes()));
+            }
+        }
     }
 }

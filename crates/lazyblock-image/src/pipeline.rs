@@ -64,6 +64,8 @@ pub struct BuildOptions {
     pub seal_parallelism: usize,
     /// Chunk uploads in flight at once.
     pub upload_concurrency: usize,
+    /// The image configuration to seal into the manifest (OCI config JSON), or empty.
+    pub image_config: Vec<u8>,
 }
 
 impl BuildOptions {
@@ -78,6 +80,7 @@ impl BuildOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             upload_concurrency: 16,
+            image_config: Vec::new(),
         }
     }
 }
@@ -294,8 +297,13 @@ async fn build_inner(
     manifest_random.data_key.copy_from_slice(&rnd[..32]);
     manifest_random.wrap_nonce.copy_from_slice(&rnd[32..44]);
     manifest_random.table_nonce.copy_from_slice(&rnd[44..56]);
-    let (manifest_id, manifest_bytes) =
-        encode_manifest(&header, &entries, &tenant_key, &manifest_random)?;
+    let (manifest_id, manifest_bytes) = encode_manifest(
+        &header,
+        &entries,
+        &opts.image_config,
+        &tenant_key,
+        &manifest_random,
+    )?;
     let manifest_len = manifest_bytes.len() as u64;
     ctx.store
         .put_manifest(&ctx.root, &manifest_id, Bytes::from(manifest_bytes))
@@ -667,13 +675,23 @@ pub struct ImageInfo {
     pub chunks_distinct: u64,
     /// Manifest size in bytes.
     pub manifest_bytes: u64,
+    /// The sealed image configuration, when the tenant's key is at hand (else `None`).
+    pub image_config: Option<Vec<u8>>,
 }
 
-/// Describes a published image without any key.
+/// Describes a published image. Needs no key; with the tenant's key at hand it also opens the
+/// sealed image configuration.
 pub async fn inspect(ctx: &Context, image: &ImageRef) -> Result<ImageInfo> {
     let opened = open_image(ctx, image).await?;
     let m = &opened.manifest;
+    let image_config = ctx
+        .keys
+        .tenant_key(&ctx.tenant, KeyAccess::Existing)
+        .ok()
+        .and_then(|key| m.open_keys(&key).ok())
+        .map(|keys| keys.image_config().to_vec());
     Ok(ImageInfo {
+        image_config,
         image: image.clone(),
         header: m.header().clone(),
         chunks_total: m.chunk_count(),

@@ -356,6 +356,10 @@ async fn cmd_inspect(r: &Resolved, args: &InspectArgs) -> Result<()> {
                 "manifest_bytes": info.manifest_bytes,
                 "created_unix_secs": h.created_unix_secs,
                 "source": h.source,
+                "config": info.image_config.as_deref().filter(|c| !c.is_empty()).map(|c| {
+                    serde_json::from_slice::<serde_json::Value>(c)
+                        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(c).into_owned()))
+                }),
             }))?
         );
     } else {
@@ -372,6 +376,14 @@ async fn cmd_inspect(r: &Resolved, args: &InspectArgs) -> Result<()> {
         println!("manifest bytes:  {}", info.manifest_bytes);
         println!("created:         {} (unix seconds)", h.created_unix_secs);
         println!("source:          {}", h.source);
+        match info.image_config.as_deref() {
+            Some([]) => {}
+            Some(c) => println!("config:          {}", String::from_utf8_lossy(c)),
+            None => println!(
+                "config:          (sealed; the key of tenant {} is not here)",
+                h.tenant
+            ),
+        }
     }
     Ok(())
 }
