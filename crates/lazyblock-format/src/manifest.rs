@@ -262,18 +262,18 @@ impl Manifest {
             ));
         }
         let version = cur.u16("version")?;
-        if version != MANIFEST_VERSION {
-            return Err(FormatError::new(
-                FormatErrorKind::Unsupported,
-                format!("manifest format version {version} is not supported (this build reads version {MANIFEST_VERSION})"),
-            ));
-        }
         let body_len = bytes.len() - TRAILER_LEN;
         let trailer = &bytes[body_len..];
         let id = ManifestId::from_bytes(sha256(&bytes[..body_len]));
         if trailer != id.as_bytes() {
             return Err(FormatError::corrupt(
                 "manifest is corrupt: its checksum does not match",
+            ));
+        }
+        if version != MANIFEST_VERSION {
+            return Err(FormatError::new(
+                FormatErrorKind::Unsupported,
+                format!("manifest format version {version} is not supported (this build reads version {MANIFEST_VERSION})"),
             ));
         }
         let flags = cur.u16("flags")?;

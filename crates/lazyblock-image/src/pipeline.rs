@@ -511,7 +511,11 @@ pub async fn export(
     let data: Vec<(u64, ChunkName)> = opened.manifest.data_chunks().collect();
     let fetched = data.len() as u64;
     let zero = opened.manifest.chunk_count() - fetched;
-    progress.advance(zero * geometry.chunk_size().bytes() as u64);
+    let zero_bytes: u64 = (0..opened.manifest.chunk_count())
+        .filter(|&i| opened.manifest.chunk(i).is_none())
+        .map(|i| geometry.chunk_len(i) as u64)
+        .sum();
+    progress.advance(zero_bytes);
     stream::iter(data)
         .map(|(index, name)| {
             let key = keys.key(index).cloned();

@@ -27,7 +27,8 @@ pub struct StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+    /// An error of `kind` (for other `ChunkStore` implementations and fault-injecting tests).
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),

@@ -101,6 +101,9 @@ pub struct StoreConfig {
     pub connect_timeout: Duration,
     /// Whole-request timeout.
     pub request_timeout: Duration,
+    /// Create a missing local store directory (writers); readers set `false` so a mistyped
+    /// path is an error rather than a new empty store.
+    pub create_if_missing: bool,
 }
 
 impl StoreConfig {
@@ -113,6 +116,7 @@ impl StoreConfig {
             retry_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(60),
+            create_if_missing: true,
         }
     }
 }
@@ -130,6 +134,12 @@ impl ObjectChunkStore {
     pub fn open(config: &StoreConfig) -> Result<Self> {
         let url = config.location.url();
         match &config.location {
+            StoreLocation::Local(dir) if !config.create_if_missing && !dir.is_dir() => {
+                Err(StoreError::new(
+                    StoreErrorKind::NotFound,
+                    format!("store {url}: directory {} does not exist", dir.display()),
+                ))
+            }
             StoreLocation::Local(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     StoreError::new(

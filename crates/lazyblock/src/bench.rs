@@ -129,7 +129,7 @@ async fn bench_build(r: &Resolved, args: &BenchBuildArgs) -> Result<()> {
 
     // The real thing: build into a fresh local store, then the same image as a second tenant.
     let store_url = format!("file://{}", dir.join("store").display());
-    let store = crate::open_store(&store_url)?;
+    let store = crate::open_store(&store_url, true)?;
     let keys = Arc::new(LocalKeyring::new(dir.join("keys")));
     let mut results = Vec::new();
     for (tenant, label) in [

@@ -176,17 +176,18 @@ fn resolve(global: &GlobalArgs) -> Result<Resolved> {
     })
 }
 
-pub(crate) fn open_store(url: &str) -> Result<Arc<dyn ChunkStore>> {
+pub(crate) fn open_store(url: &str, create_if_missing: bool) -> Result<Arc<dyn ChunkStore>> {
     let mut config = StoreConfig::new(StoreLocation::parse(url)?);
+    config.create_if_missing = create_if_missing;
     if matches!(config.location, StoreLocation::S3 { .. }) {
         config.s3_options = settings::aws_options_from_env();
     }
     Ok(Arc::new(ObjectChunkStore::open(&config)?))
 }
 
-fn context(r: &Resolved) -> Result<Context> {
+fn context(r: &Resolved, writes: bool) -> Result<Context> {
     Ok(Context {
-        store: open_store(&r.store_url)?,
+        store: open_store(&r.store_url, writes)?,
         keys: Arc::new(LocalKeyring::new(&r.keys_dir)),
         tenant: r.tenant.clone(),
         root: RootId::initial(),
@@ -279,7 +280,7 @@ async fn cmd_build(r: &Resolved, args: &BuildArgs) -> Result<()> {
         None => r.chunk_size,
     };
     let (file, size, source) = open_raw_source(&args.source)?;
-    let ctx = context(r)?;
+    let ctx = context(r, true)?;
     ctx.store.check().await?;
     let mut opts = BuildOptions::new(image, source, now_unix_secs());
     opts.chunk_size = chunk_size;
@@ -337,7 +338,7 @@ async fn cmd_build(r: &Resolved, args: &BuildArgs) -> Result<()> {
 
 async fn cmd_inspect(r: &Resolved, args: &InspectArgs) -> Result<()> {
     let image = ImageRef::parse(&args.image)?;
-    let ctx = context(r)?;
+    let ctx = context(r, false)?;
     let info = lazyblock_image::inspect(&ctx, &image).await?;
     let h = &info.header;
     if args.json {
@@ -393,7 +394,7 @@ async fn cmd_export(r: &Resolved, args: &ExportArgs) -> Result<()> {
     if args.output.is_dir() {
         bail!("output {} is a directory", args.output.display());
     }
-    let ctx = context(r)?;
+    let ctx = context(r, false)?;
     let info = lazyblock_image::inspect(&ctx, &image).await?;
     let bar = Bar::new(info.header.image_size, "export");
     let report = lazyblock_image::export(
@@ -420,7 +421,7 @@ async fn cmd_export(r: &Resolved, args: &ExportArgs) -> Result<()> {
 
 async fn cmd_verify(r: &Resolved, args: &VerifyArgs) -> Result<bool> {
     let image = ImageRef::parse(&args.image)?;
-    let ctx = context(r)?;
+    let ctx = context(r, false)?;
     let info = lazyblock_image::inspect(&ctx, &image).await?;
     let bar = Bar::new(info.header.image_size, "verify");
     let report = lazyblock_image::verify(
@@ -473,7 +474,7 @@ async fn cmd_verify(r: &Resolved, args: &VerifyArgs) -> Result<bool> {
 }
 
 async fn cmd_images(r: &Resolved, args: &ImagesArgs) -> Result<()> {
-    let ctx = context(r)?;
+    let ctx = context(r, false)?;
     let images = lazyblock_image::list_images(&ctx).await?;
     if args.json {
         let list: Vec<_> = images
@@ -524,8 +525,45 @@ async fn run(cli: Cli) -> Result<bool> {
     }
 }
 
+/// Waits for SIGINT or SIGTERM; returns the exit status that reports it (130 or 143).
+async fn interrupted() -> u8 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        // No signal handling available: never report an interruption.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => 130,
+        _ = term.recv() => 143,
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    use std::process::ExitCode;
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            // Usage errors: one line, exit status 2.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("error: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(cli.global.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -534,13 +572,25 @@ fn main() -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::FAILURE,
-        Err(e) => {
+    // On SIGINT/SIGTERM the command's future is dropped, which runs its clean-up (an export
+    // removes its partial output), then the process exits with 128 + signal.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = run(cli) => Ok(r),
+            code = interrupted() => Err(code),
+        }
+    });
+    match outcome {
+        Err(code) => {
+            eprintln!("error: interrupted");
+            ExitCode::from(code)
+        }
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        Ok(Ok(false)) => ExitCode::FAILURE,
+        Ok(Err(e)) => {
             // One line: the error and its causes.
             let mut line = e.to_string();
             for cause in e.chain().skip(1) {
@@ -548,7 +598,7 @@ fn main() -> std::process::ExitCode {
                 line.push_str(&cause.to_string());
             }
             eprintln!("error: {}", line.replace('\n', " "));
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
