@@ -1315,7 +1315,11 @@ fn interrupted_export_leaves_no_partial_file() {
         .expect("run kill");
     assert!(killed.success());
     let status = child.wait().expect("wait");
-    assert_eq!(status.code(), Some(143), "an interrupted export exits with 128 + SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(143),
+        "an interrupted export exits with 128 + SIGTERM"
+    );
     assert!(!out.exists());
     assert_eq!(
         files_in(&out_dir),
@@ -1338,7 +1342,10 @@ fn usage_errors_are_one_line_with_status_2() {
         assert_eq!(lines.len(), 1, "{}", out.describe());
         assert!(lines[0].starts_with("error: "), "{}", out.describe());
     }
-    assert!(!w.store().exists(), "a usage error must not touch the store");
+    assert!(
+        !w.store().exists(),
+        "a usage error must not touch the store"
+    );
 }
 
 #[test]
