@@ -409,6 +409,13 @@ pub async fn open_image(ctx: &Context, image: &ImageRef) -> Result<OpenedImage> 
     Ok(OpenedImage { entry, manifest })
 }
 
+/// Opens an image and its key table: what every reader of chunk contents needs.
+async fn open_for_read(ctx: &Context, image: &ImageRef) -> Result<(OpenedImage, KeyTable)> {
+    let opened = open_image(ctx, image).await?;
+    let keys = open_keys(ctx, &opened)?;
+    Ok((opened, keys))
+}
+
 fn open_keys(ctx: &Context, opened: &OpenedImage) -> Result<KeyTable> {
     let key = ctx
         .keys
@@ -484,8 +491,7 @@ pub async fn export(
     progress: Arc<dyn Progress>,
 ) -> Result<ExportReport> {
     let started = Instant::now();
-    let opened = open_image(ctx, image).await?;
-    let keys = open_keys(ctx, &opened)?;
+    let (opened, keys) = open_for_read(ctx, image).await?;
     let geometry = opened.manifest.geometry();
     let tmp = temp_path_beside(out)?;
     let file = File::options()
@@ -610,8 +616,7 @@ pub async fn verify(
     progress: Arc<dyn Progress>,
 ) -> Result<VerifyReport> {
     let started = Instant::now();
-    let opened = open_image(ctx, image).await?;
-    let keys = open_keys(ctx, &opened)?;
+    let (opened, keys) = open_for_read(ctx, image).await?;
     let geometry = opened.manifest.geometry();
     let mut by_name: std::collections::BTreeMap<ChunkName, Vec<u64>> = Default::default();
     for (index, name) in opened.manifest.data_chunks() {
