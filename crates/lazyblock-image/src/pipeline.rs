@@ -171,8 +171,22 @@ async fn build_inner(
     let reader_task = tokio::task::spawn_blocking(move || {
         let mut reader = reader;
         for index in 0..geometry.chunk_count() {
-            let mut buf = vec![0u8; geometry.chunk_len(index)];
-            let item = reader.read_exact(&mut buf).map(|()| (index, buf));
+            let len = geometry.chunk_len(index);
+            // read_to_end into reserved capacity: no zero-filling pass over every buffer.
+            let mut buf = Vec::with_capacity(len);
+            let item = (&mut reader)
+                .take(len as u64)
+                .read_to_end(&mut buf)
+                .and_then(|n| {
+                    if n == len {
+                        Ok((index, buf))
+                    } else {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("the source ended {} bytes early", len - n),
+                        ))
+                    }
+                });
             let failed = item.is_err();
             if tx.blocking_send(item).is_err() || failed {
                 return;
@@ -305,9 +319,13 @@ async fn build_inner(
         &manifest_random,
     )?;
     let manifest_len = manifest_bytes.len() as u64;
+    // Durability barriers: chunks before the manifest that names them, the manifest before the
+    // catalog entry that names it, and the entry before we report success.
+    ctx.store.sync().await?;
     ctx.store
         .put_manifest(&ctx.root, &manifest_id, Bytes::from(manifest_bytes))
         .await?;
+    ctx.store.sync().await?;
     let entry = CatalogEntry {
         root: ctx.root.clone(),
         manifest: manifest_id,
@@ -317,6 +335,7 @@ async fn build_inner(
     ctx.store
         .put_catalog(&ctx.tenant, &opts.image, Bytes::from(entry.encode()))
         .await?;
+    ctx.store.sync().await?;
     let report = BuildReport {
         image: opts.image.clone(),
         root: ctx.root.clone(),

@@ -68,6 +68,9 @@ impl ChunkStore for FaultyStore {
     async fn check(&self) -> lazyblock_store::Result<()> {
         self.inner.check().await
     }
+    async fn sync(&self) -> lazyblock_store::Result<()> {
+        self.inner.sync().await
+    }
     async fn put_chunk(
         &self,
         root: &RootId,

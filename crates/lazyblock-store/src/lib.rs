@@ -50,6 +50,11 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug {
     /// Checks that the store can be reached and listed.
     async fn check(&self) -> Result<()>;
 
+    /// Makes every put that has returned durable: a barrier a writer calls before it publishes
+    /// anything that refers to what it wrote (S3: a no-op, a successful PUT is durable; a local
+    /// directory: `syncfs` of its filesystem).
+    async fn sync(&self) -> Result<()>;
+
     /// Stores a sealed chunk unless one of that name exists.
     async fn put_chunk(&self, root: &RootId, name: &ChunkName, data: Bytes) -> Result<PutOutcome>;
     /// Fetches a sealed chunk (unverified: callers check the name).

@@ -127,6 +127,8 @@ pub struct ObjectChunkStore {
     store: Arc<dyn ObjectStore>,
     layout: Layout,
     url: String,
+    /// For a local directory: the directory, so [`ChunkStore::sync`] can `syncfs` it.
+    local_dir: Option<PathBuf>,
 }
 
 impl ObjectChunkStore {
@@ -153,7 +155,9 @@ impl ObjectChunkStore {
                 let fs = LocalFileSystem::new_with_prefix(dir)
                     .map_err(|e| StoreError::from_object_store(&url, "open", e))?
                     .with_automatic_cleanup(true);
-                Ok(Self::with_object_store(Arc::new(fs), "", url))
+                let mut store = Self::with_object_store(Arc::new(fs), "", url);
+                store.local_dir = Some(dir.clone());
+                Ok(store)
             }
             StoreLocation::S3 { bucket, prefix } => {
                 let mut builder = AmazonS3Builder::new()
@@ -203,6 +207,7 @@ impl ObjectChunkStore {
             store,
             layout: Layout::new(prefix),
             url,
+            local_dir: None,
         }
     }
 
@@ -254,6 +259,31 @@ impl ChunkStore for ObjectChunkStore {
             .await
             .map(|_| ())
             .map_err(|e| self.err("list", e))
+    }
+
+    async fn sync(&self) -> Result<()> {
+        let Some(dir) = self.local_dir.clone() else {
+            return Ok(());
+        };
+        let url = self.url.clone();
+        tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&dir)?;
+            rustix::fs::syncfs(&f)?;
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Other,
+                format!("store {url}: sync task: {e}"),
+            )
+        })?
+        .map_err(|e| {
+            StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("store {}: cannot flush writes to disk: {e}", self.url),
+            )
+        })
     }
 
     async fn put_chunk(&self, root: &RootId, name: &ChunkName, data: Bytes) -> Result<PutOutcome> {

@@ -175,6 +175,7 @@ pub async fn conformance(store: &dyn ChunkStore, strict_create: bool) {
     );
     assert_eq!(store.get_chunk(&root, &na).await.expect("get"), a);
     assert_eq!(store.get_chunk(&root, &nb).await.expect("get 4 MiB"), b);
+    store.sync().await.expect("sync");
     assert!(store.has_chunk(&root, &na).await.expect("has"));
     let missing = ChunkName::from_bytes([0x5a; 32]);
     assert!(!store.has_chunk(&root, &missing).await.expect("has missing"));
