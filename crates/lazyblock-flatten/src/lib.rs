@@ -7,7 +7,7 @@
 //! the same bytes.
 //!
 //! The layout is chosen for block-level dedup across images that share base layers (see
-//! `FORMAT.md` in this crate for the exact bytes):
+//! section 6 of `docs/format.md` for the exact bytes):
 //! - superblock and group descriptors (and the bitmaps when they fit) in a head region,
 //! - per layer (lowest first): the layer's file data, then the layer's metadata (directory,
 //!   extent-index, xattr and long-symlink blocks), each starting on a chunk boundary,
