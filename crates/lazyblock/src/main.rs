@@ -92,6 +92,9 @@ struct BuildArgs {
     /// Chunk uploads in flight [default: 16]
     #[arg(long)]
     upload_concurrency: Option<usize>,
+    /// Threads sealing chunks [default: one per CPU]
+    #[arg(long)]
+    seal_threads: Option<usize>,
     /// Directory for the layer spool of OCI sources (one layer at a time) [default: $TMPDIR]
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -407,6 +410,9 @@ async fn cmd_build(r: &Resolved, args: &BuildArgs) -> Result<()> {
     let mut opts = BuildOptions::new(image, source.description, now_unix_secs());
     opts.chunk_size = chunk_size;
     opts.upload_concurrency = args.upload_concurrency.unwrap_or(r.upload_concurrency);
+    if let Some(n) = args.seal_threads {
+        opts.seal_parallelism = n;
+    }
     opts.image_config = source.image_config;
     let bar = Bar::new(size, "build");
     let report = lazyblock_image::build(

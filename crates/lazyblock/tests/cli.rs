@@ -130,7 +130,17 @@ impl World {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
+        self.command_of(Command::new(BIN))
+    }
+
+    /// The binary run through `sh` with another umask (no `unsafe` pre-exec hook needed).
+    fn command_with_umask(&self, umask: &str) -> Command {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &format!("umask {umask} && exec \"$0\" \"$@\""), BIN]);
+        self.command_of(sh)
+    }
+
+    fn command_of(&self, mut cmd: Command) -> Command {
         for (key, _) in std::env::vars_os() {
             let Some(k) = key.to_str() else { continue };
             if k.starts_with("LAZYBLOCK_")
@@ -1442,14 +1452,47 @@ fn oci_source_builds_a_clean_ext4_image() {
         .ok()
         .json();
     assert!(built["chunks_new"].as_u64().expect("chunks_new") > 0);
-    // Deterministic: the same layout built again (another tag) stores nothing new.
-    let again = w
-        .run(&["build", &source, "--name", "oci/app:v2", "--json"])
-        .ok()
-        .json();
+    // Deterministic: the same image from a copy of the layout in another directory, with another
+    // time zone, umask, spool directory and thread counts, gives the same chunk list (so it
+    // stores nothing new) and the same image bytes.
+    let copy = w.path().join("elsewhere/layout-copy");
+    std::fs::create_dir_all(&copy).expect("mkdir");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", layout.display()))
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    let spool = w.path().join("spool");
+    std::fs::create_dir(&spool).expect("mkdir");
+    let output = w
+        .command_with_umask("077")
+        .env("TZ", "Pacific/Chatham")
+        .env("LC_ALL", "C")
+        .args(["build", &format!("oci:{}:v1", copy.display())])
+        .args(["--name", "oci/app:v2", "--json", "--seal-threads", "1"])
+        .args(["--upload-concurrency", "1", "--work-dir"])
+        .arg(&spool)
+        .output()
+        .expect("run the rebuild");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let again: Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(
         again["chunks_new"], 0,
         "a rebuild of the same image stored new chunks"
+    );
+    assert_eq!(again["chunks_total"], built["chunks_total"]);
+    let (v1, v2) = (w.path().join("v1.ext4"), w.path().join("v2.ext4"));
+    w.export("oci/app:v1", &v1, &[]);
+    w.export("oci/app:v2", &v2, &[]);
+    assert!(
+        std::fs::read(&v1).expect("read") == std::fs::read(&v2).expect("read"),
+        "the two builds gave different image bytes"
     );
     let info = w.inspect("oci/app:v1", &[]);
     assert_eq!(info["config"]["working_dir"], "/srv");
