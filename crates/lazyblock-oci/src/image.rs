@@ -253,9 +253,13 @@ fn parse_json<T: serde::de::DeserializeOwned>(data: &[u8], what: &str) -> Result
 
 /// A decoder whose inner (compressed, verifying) reader is read to its end once the
 /// decoder itself reports the end, so that trailing bytes are hashed and checked too.
+/// A verified, buffered compressed layer stream.
+type Verified = BufReader<VerifyingReader<Box<dyn Read + Send>>>;
+
 enum Decoded {
     Plain(BufReader<VerifyingReader<Box<dyn Read + Send>>>),
-    Gzip(flate2::bufread::MultiGzDecoder<BufReader<VerifyingReader<Box<dyn Read + Send>>>>),
+    /// Boxed: the inflate state is large.
+    Gzip(Box<flate2::bufread::MultiGzDecoder<Verified>>),
     Zstd(zstd::Decoder<'static, BufReader<VerifyingReader<Box<dyn Read + Send>>>>),
 }
 
@@ -754,7 +758,9 @@ impl Image {
         let buffered = BufReader::with_capacity(256 << 10, comp);
         let dec = match layer.compression {
             Compression::None => Decoded::Plain(buffered),
-            Compression::Gzip => Decoded::Gzip(flate2::bufread::MultiGzDecoder::new(buffered)),
+            Compression::Gzip => {
+                Decoded::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
+            }
             Compression::Zstd => Decoded::Zstd(
                 zstd::Decoder::with_buffer(buffered)
                     .map_err(|e| Error::io("zstd decoder init", e))?,
