@@ -265,6 +265,13 @@ async fn build_inner(
 
     let mut entries: Vec<Option<ChunkEntry>> = vec![None; geometry.chunk_count() as usize];
     let (mut zero, mut new, mut dedup, mut uploaded) = (0u64, 0u64, 0u64, 0u64);
+    // Early, overlapping flushes: every EARLY_SYNC_BYTES of new chunk data, one background
+    // `sync` (at most one in flight) starts the disk writing while sealing goes on, so the
+    // final barrier has little left to do. Their errors are only logged: the final barrier
+    // below is the one that counts.
+    const EARLY_SYNC_BYTES: u64 = 128 << 20;
+    let mut early_sync: Option<tokio::task::JoinHandle<()>> = None;
+    let mut unsynced = 0u64;
     while let Some(item) = uploads.next().await {
         let (index, entry, outcome) = item?;
         match (&entry, outcome) {
@@ -272,10 +279,24 @@ async fn build_inner(
             (_, Some((PutOutcome::Stored, len))) => {
                 new += 1;
                 uploaded += len;
+                unsynced += len;
             }
             _ => dedup += 1,
         }
         entries[index as usize] = Some(entry);
+        let idle = early_sync.as_ref().is_none_or(|h| h.is_finished());
+        if unsynced >= EARLY_SYNC_BYTES && idle {
+            unsynced = 0;
+            let store = ctx.store.clone();
+            early_sync = Some(tokio::spawn(async move {
+                if let Err(e) = store.sync().await {
+                    tracing::warn!("early flush of the store failed (the final one decides): {e}");
+                }
+            }));
+        }
+    }
+    if let Some(h) = early_sync {
+        let _ = h.await;
     }
     reader_task
         .await
