@@ -301,6 +301,7 @@ pub(crate) async fn open_source(
                 bail!("source {spec:?}: {} is not a docker-archive file", path.display());
             }
             let spinner = Spinner::new("flattening layers");
+            let planning = std::time::Instant::now();
             let planned = tokio::task::spawn_blocking(move || -> Result<_> {
                 let options = lazyblock_oci::OpenOptions {
                     tag: tag.clone(),
@@ -332,6 +333,11 @@ pub(crate) async fn open_source(
             .map_err(|e| anyhow!("flattening task failed: {e}"))??;
             drop(spinner);
             let (ext4, description) = planned;
+            tracing::info!(
+                seconds = planning.elapsed().as_secs_f64(),
+                image_bytes = ext4.size(),
+                "layers verified and applied, ext4 layout planned"
+            );
             let size = ext4.size();
             let image_config = ext4.config_json().to_vec();
             Ok(Source {
