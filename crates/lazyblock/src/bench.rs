@@ -55,21 +55,29 @@ fn mbps(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / secs.max(1e-9) / 1e6
 }
 
-async fn bench_build(r: &Resolved, args: &BenchBuildArgs) -> Result<()> {
-    let tmp;
-    let dir = match &args.dir {
+/// The work directory of a benchmark: `dir` if given (created if needed), else a fresh
+/// temporary directory under /var/tmp, removed when the returned guard drops.
+pub(crate) fn work_dir(
+    dir: Option<&std::path::Path>,
+    prefix: &str,
+) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
         Some(d) => {
             std::fs::create_dir_all(d)?;
-            d.clone()
+            Ok((d.to_path_buf(), None))
         }
         None => {
-            tmp = tempfile::Builder::new()
-                .prefix("lazyblock-bench-")
+            let tmp = tempfile::Builder::new()
+                .prefix(prefix)
                 .tempdir_in("/var/tmp")
                 .context("cannot create a work directory in /var/tmp")?;
-            tmp.path().to_path_buf()
+            Ok((tmp.path().to_path_buf(), Some(tmp)))
         }
-    };
+    }
+}
+
+async fn bench_build(r: &Resolved, args: &BenchBuildArgs) -> Result<()> {
+    let (dir, _tmp) = work_dir(args.dir.as_deref(), "lazyblock-bench-")?;
     let image_path = dir.join("random.img");
     eprintln!(
         "bench build: writing a {} MiB random image (seed {}) to {}",

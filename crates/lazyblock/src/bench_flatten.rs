@@ -319,20 +319,7 @@ fn run_blocking(args: &BenchFlattenArgs) -> Result<()> {
             args.corpus.display()
         );
     }
-    let tmp;
-    let dir = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("lazyblock-bench-flatten-")
-                .tempdir_in("/var/tmp")
-                .context("cannot create a work directory in /var/tmp")?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let (dir, _tmp) = super::work_dir(args.dir.as_deref(), "lazyblock-bench-flatten-")?;
 
     if let Some(tag) = &args.rss_probe {
         let o = flatten_ours(&layout, tag, &dir, args.chunk_size)?;
