@@ -37,6 +37,8 @@ pub struct Context {
 
 /// Progress callbacks for long operations (a progress bar in the CLI).
 pub trait Progress: Send + Sync {
+    /// The operation will process `bytes` in all (known once the manifest is open).
+    fn set_total(&self, _bytes: u64) {}
     /// `bytes` more of the image were processed.
     fn advance(&self, bytes: u64);
 }
@@ -533,6 +535,7 @@ pub async fn export(
     let started = Instant::now();
     let (opened, keys) = open_for_read(ctx, image).await?;
     let geometry = opened.manifest.geometry();
+    progress.set_total(geometry.image_size());
     let tmp = temp_path_beside(out)?;
     let file = File::options()
         .write(true)
@@ -658,6 +661,7 @@ pub async fn verify(
     let started = Instant::now();
     let (opened, keys) = open_for_read(ctx, image).await?;
     let geometry = opened.manifest.geometry();
+    progress.set_total(geometry.image_size());
     let mut by_name: std::collections::BTreeMap<ChunkName, Vec<u64>> = Default::default();
     for (index, name) in opened.manifest.data_chunks() {
         by_name.entry(name).or_default().push(index);

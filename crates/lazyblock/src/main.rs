@@ -236,6 +236,9 @@ impl Bar {
 }
 
 impl Progress for Bar {
+    fn set_total(&self, bytes: u64) {
+        self.0.set_length(bytes);
+    }
     fn advance(&self, bytes: u64) {
         self.0.inc(bytes);
     }
@@ -530,8 +533,7 @@ async fn cmd_export(r: &Resolved, args: &ExportArgs) -> Result<()> {
         bail!("output {} is a directory", args.output.display());
     }
     let ctx = context(r, false)?;
-    let info = lazyblock_image::inspect(&ctx, &image).await?;
-    let bar = Bar::new(info.header.image_size, "export");
+    let bar = Bar::new(0, "export");
     let report = lazyblock_image::export(
         &ctx,
         &image,
@@ -557,8 +559,7 @@ async fn cmd_export(r: &Resolved, args: &ExportArgs) -> Result<()> {
 async fn cmd_verify(r: &Resolved, args: &VerifyArgs) -> Result<bool> {
     let image = ImageRef::parse(&args.image)?;
     let ctx = context(r, false)?;
-    let info = lazyblock_image::inspect(&ctx, &image).await?;
-    let bar = Bar::new(info.header.image_size, "verify");
+    let bar = Bar::new(0, "verify");
     let report = lazyblock_image::verify(
         &ctx,
         &image,
