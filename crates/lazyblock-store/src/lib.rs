@@ -19,9 +19,7 @@ pub mod testing;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use layout::Layout;
-pub use object::{ObjectChunkStore, StoreConfig, StoreLocation};
-/// The names of S3 options accepted in [`StoreConfig::s3_options`].
-pub use object_store::aws::AmazonS3ConfigKey as S3ConfigKey;
+pub use object::{s3_options_from_vars, ObjectChunkStore, StoreConfig, StoreLocation};
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -85,6 +85,22 @@ impl StoreLocation {
     }
 }
 
+/// Picks the S3 options out of environment-style variables: every `AWS_*` name that
+/// `object_store` knows, lower-cased (`AWS_ENDPOINT_URL` → `aws_endpoint_url`), sorted. The
+/// caller passes the variables (this crate reads no environment).
+pub fn s3_options_from_vars(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Vec<(String, String)> {
+    let mut options: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .filter(|(k, _)| k.parse::<AmazonS3ConfigKey>().is_ok())
+        .collect();
+    options.sort();
+    options
+}
+
 /// Settings of an [`ObjectChunkStore`].
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -423,6 +439,27 @@ fn probe_tenant() -> TenantId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_options_keep_known_aws_names_only() {
+        let vars = [
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            ("AWS_NOT_AN_OPTION", "x"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(
+            s3_options_from_vars(vars),
+            vec![
+                (
+                    "aws_endpoint_url".to_owned(),
+                    "http://127.0.0.1:9000".to_owned()
+                ),
+                ("aws_region".to_owned(), "us-east-1".to_owned()),
+            ]
+        );
+    }
 
     #[test]
     fn parse_locations() {

@@ -102,23 +102,8 @@ pub fn s3_test_config(unique: &str) -> Option<StoreConfig> {
         };
     }
     let mut config = StoreConfig::new(location);
-    config.s3_options = aws_options_from_env();
+    config.s3_options = crate::s3_options_from_vars(std::env::vars());
     Some(config)
-}
-
-/// The `AWS_*` environment variables as `object_store` S3 options.
-pub fn aws_options_from_env() -> Vec<(String, String)> {
-    let mut options: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("AWS_"))
-        .filter(|(k, _)| {
-            k.to_ascii_lowercase()
-                .parse::<object_store::aws::AmazonS3ConfigKey>()
-                .is_ok()
-        })
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .collect();
-    options.sort();
-    options
 }
 
 /// A name unique to this process and call, for test prefixes.

@@ -187,7 +187,7 @@ pub(crate) fn open_store(url: &str, create_if_missing: bool) -> Result<Arc<dyn C
     let mut config = StoreConfig::new(StoreLocation::parse(url)?);
     config.create_if_missing = create_if_missing;
     if matches!(config.location, StoreLocation::S3 { .. }) {
-        config.s3_options = settings::aws_options_from_env();
+        config.s3_options = lazyblock_store::s3_options_from_vars(std::env::vars());
     }
     Ok(Arc::new(ObjectChunkStore::open(&config)?))
 }

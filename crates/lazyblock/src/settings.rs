@@ -65,17 +65,6 @@ pub(crate) fn load_file_config(explicit: Option<&Path>) -> Result<FileConfig> {
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
 }
 
-/// The `AWS_*` environment as `object_store` S3 options (unknown `AWS_*` names are ignored).
-pub(crate) fn aws_options_from_env() -> Vec<(String, String)> {
-    let mut options: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("AWS_"))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .filter(|(k, _)| k.parse::<lazyblock_store::S3ConfigKey>().is_ok())
-        .collect();
-    options.sort();
-    options
-}
-
 /// Parses a size such as `512KiB`, `4MiB`, `1GiB`, `1G`, `65536`.
 pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
