@@ -308,37 +308,30 @@ impl Manifest {
         }
         let data_count = cur.u32("data chunk count")? as usize;
         let chunk_count = chunk_count as usize;
-        // Check the remaining length before allocating anything sized by the header.
+        // Slice the chunk table and check the exact remaining length before allocating
+        // anything sized by the header (`take` bounds-checks and borrows; it allocates nothing).
         let bitmap_len = chunk_count.div_ceil(8);
         let names_len = data_count
             .checked_mul(32)
             .ok_or_else(|| FormatError::corrupt("manifest data chunk count is too large"))?;
-        let config_len_at = cur.pos.saturating_add(bitmap_len).saturating_add(names_len);
-        let config_len = bytes
-            .get(config_len_at..config_len_at.saturating_add(4))
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-            .ok_or_else(|| FormatError::corrupt("manifest is truncated in its chunk table"))?;
+        let bitmap = cur.take(bitmap_len, "zero bitmap")?;
+        let names_raw = cur.take(names_len, "chunk names")?;
+        let config_len = cur.u32("image configuration length")? as usize;
         if config_len > MAX_IMAGE_CONFIG_LEN {
             return Err(FormatError::corrupt(
                 "manifest image configuration is too long",
             ));
         }
-        let expected_rest = bitmap_len
-            + names_len
-            + 4
-            + config_len
-            + 8
-            + NONCE_LEN
-            + WRAPPED_KEY_LEN
-            + NONCE_LEN
-            + names_len
-            + GCM_TAG_LEN;
+        let expected_rest =
+            8 + NONCE_LEN + WRAPPED_KEY_LEN + NONCE_LEN + names_len + config_len + GCM_TAG_LEN;
         if body_len.checked_sub(cur.pos) != Some(expected_rest) {
             return Err(FormatError::corrupt(
                 "manifest length does not match its chunk counts",
             ));
         }
-        let bitmap = cur.take(bitmap_len, "zero bitmap")?;
+        if chunk_count % 8 != 0 && bitmap[bitmap_len - 1] >> (chunk_count % 8) != 0 {
+            return Err(FormatError::corrupt("manifest zero bitmap has stray bits"));
+        }
         let mut slots = Vec::with_capacity(chunk_count);
         let mut next = 0u32;
         for i in 0..chunk_count {
@@ -349,16 +342,12 @@ impl Manifest {
                 next += 1;
             }
         }
-        if chunk_count % 8 != 0 && bitmap[bitmap_len - 1] >> (chunk_count % 8) != 0 {
-            return Err(FormatError::corrupt("manifest zero bitmap has stray bits"));
-        }
         if next as usize != data_count {
             return Err(FormatError::corrupt(
                 "manifest zero bitmap disagrees with its data chunk count",
             ));
         }
-        let names = cur
-            .take(data_count * 32, "chunk names")?
+        let names = names_raw
             .chunks_exact(32)
             .map(|c| {
                 let mut n = [0u8; 32];
@@ -366,7 +355,6 @@ impl Manifest {
                 ChunkName::from_bytes(n)
             })
             .collect();
-        let _config_len = cur.u32("image configuration length")?;
         let fingerprint = cur.array::<8>("key id")?;
         let wrapped_at = cur.pos + NONCE_LEN;
         let table_at = wrapped_at + WRAPPED_KEY_LEN + NONCE_LEN;
