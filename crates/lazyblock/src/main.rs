@@ -212,12 +212,22 @@ pub(crate) fn system_random(buf: &mut [u8]) {
     aws_lc_rs::rand::fill(buf).expect("the system random generator failed");
 }
 
-/// A progress bar on stderr when it is a terminal; nothing otherwise.
+/// A progress bar or spinner on stderr when it is a terminal; nothing otherwise. Cleared when
+/// dropped.
 struct Bar(ProgressBar);
 
 impl Bar {
+    fn on_terminal(make: impl FnOnce() -> ProgressBar) -> Self {
+        Self(if std::io::stderr().is_terminal() {
+            make()
+        } else {
+            ProgressBar::hidden()
+        })
+    }
+
+    /// A byte progress bar (the total may be set later through [`Progress::set_total`]).
     fn new(total: u64, what: &str) -> Arc<Self> {
-        let bar = if std::io::stderr().is_terminal() {
+        Arc::new(Self::on_terminal(|| {
             let b = ProgressBar::new(total);
             b.set_style(
                 ProgressStyle::with_template(
@@ -228,10 +238,17 @@ impl Bar {
             );
             b.set_message(what.to_owned());
             b
-        } else {
-            ProgressBar::hidden()
-        };
-        Arc::new(Self(bar))
+        }))
+    }
+
+    /// A spinner for work of unknown length.
+    fn spinner(what: &str) -> Self {
+        Self::on_terminal(|| {
+            let b = ProgressBar::new_spinner();
+            b.set_message(what.to_owned());
+            b.enable_steady_tick(std::time::Duration::from_millis(120));
+            b
+        })
     }
 }
 
@@ -303,7 +320,7 @@ pub(crate) async fn open_source(
             if kind == "docker-archive" && !path.is_file() {
                 bail!("source {spec:?}: {} is not a docker-archive file", path.display());
             }
-            let spinner = Spinner::new("flattening layers");
+            let spinner = Bar::spinner("flattening layers");
             let planning = std::time::Instant::now();
             let planned = tokio::task::spawn_blocking(move || -> Result<_> {
                 let options = lazyblock_oci::OpenOptions {
@@ -353,29 +370,6 @@ pub(crate) async fn open_source(
         _ => bail!(
             "source {spec:?} has no known type: use raw:<file>, oci:<layout dir>[:<tag>] or docker-archive:<file.tar>[:<tag>]"
         ),
-    }
-}
-
-/// A spinner on stderr when it is a terminal.
-struct Spinner(ProgressBar);
-
-impl Spinner {
-    fn new(what: &str) -> Self {
-        let bar = if std::io::stderr().is_terminal() {
-            let b = ProgressBar::new_spinner();
-            b.set_message(what.to_owned());
-            b.enable_steady_tick(std::time::Duration::from_millis(120));
-            b
-        } else {
-            ProgressBar::hidden()
-        };
-        Self(bar)
-    }
-}
-
-impl Drop for Spinner {
-    fn drop(&mut self) {
-        self.0.finish_and_clear();
     }
 }
 
