@@ -18,7 +18,8 @@ use lazyblock_image::{
 };
 use lazyblock_keys::LocalKeyring;
 use lazyblock_store::{
-    ChunkStore, ObjectChunkStore, PutOutcome, StoreConfig, StoreError, StoreLocation,
+    ChunkStore, ObjectChunkStore, PutOutcome, StoreConfig, StoreError, StoreErrorKind,
+    StoreLocation,
 };
 use rand::{RngCore, SeedableRng};
 
@@ -36,13 +37,21 @@ struct FaultyStore {
     put_catalog_calls: AtomicUsize,
     /// `get_chunk` of this chunk returns its bytes with one byte flipped.
     corrupt_on_get: Mutex<Option<ChunkName>>,
+    /// The order of the writes and barriers: "chunk", "sync", "manifest", "catalog".
+    events: Mutex<Vec<&'static str>>,
 }
 
-/// The `ChunkStore` API offers no public constructor for `StoreError`; a store URL that cannot
-/// parse yields a genuine one carrying our text.
+impl FaultyStore {
+    fn event(&self, what: &'static str) {
+        self.events.lock().expect("lock").push(what);
+    }
+}
+
 fn injected(what: &str) -> StoreError {
-    StoreLocation::parse(&format!("injected fault: {what}"))
-        .expect_err("an injected fault must not parse as a store URL")
+    StoreError::new(
+        StoreErrorKind::Unavailable,
+        format!("injected fault: {what}"),
+    )
 }
 
 impl FaultyStore {
@@ -56,6 +65,7 @@ impl FaultyStore {
             put_manifest_calls: AtomicUsize::new(0),
             put_catalog_calls: AtomicUsize::new(0),
             corrupt_on_get: Mutex::new(None),
+            events: Mutex::new(Vec::new()),
         })
     }
 }
@@ -69,7 +79,9 @@ impl ChunkStore for FaultyStore {
         self.inner.check().await
     }
     async fn sync(&self) -> lazyblock_store::Result<()> {
-        self.inner.sync().await
+        self.inner.sync().await?;
+        self.event("sync");
+        Ok(())
     }
     async fn put_chunk(
         &self,
@@ -81,7 +93,9 @@ impl ChunkStore for FaultyStore {
         if n == self.fail_put_chunk_at.load(Ordering::SeqCst) {
             return Err(injected(&format!("put_chunk #{n}")));
         }
-        self.inner.put_chunk(root, name, data).await
+        let outcome = self.inner.put_chunk(root, name, data).await?;
+        self.event("chunk");
+        Ok(outcome)
     }
     async fn get_chunk(&self, root: &RootId, name: &ChunkName) -> lazyblock_store::Result<Bytes> {
         let data = self.inner.get_chunk(root, name).await?;
@@ -113,7 +127,9 @@ impl ChunkStore for FaultyStore {
         if self.fail_put_manifest.load(Ordering::SeqCst) {
             return Err(injected(&format!("put_manifest {id}")));
         }
-        self.inner.put_manifest(root, id, data).await
+        let outcome = self.inner.put_manifest(root, id, data).await?;
+        self.event("manifest");
+        Ok(outcome)
     }
     async fn get_manifest(&self, root: &RootId, id: &ManifestId) -> lazyblock_store::Result<Bytes> {
         self.inner.get_manifest(root, id).await
@@ -125,7 +141,9 @@ impl ChunkStore for FaultyStore {
         entry: Bytes,
     ) -> lazyblock_store::Result<()> {
         self.put_catalog_calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.put_catalog(tenant, image, entry).await
+        self.inner.put_catalog(tenant, image, entry).await?;
+        self.event("catalog");
+        Ok(())
     }
     async fn get_catalog(
         &self,
@@ -326,6 +344,28 @@ async fn failed_put_manifest_publishes_nothing() {
     assert_eq!(f.store.put_manifest_calls.load(Ordering::SeqCst), 1);
     assert_eq!(f.store.put_catalog_calls.load(Ordering::SeqCst), 0);
     f.assert_nothing_published(&ctx).await;
+}
+
+/// The publish order with its durability barriers: every chunk, a sync, the manifest, a sync,
+/// the catalog entry, a sync; only then does the build report success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_order_has_a_barrier_before_each_step() {
+    let f = Fixture::new();
+    let ctx = f.ctx("a");
+    build_bytes(&ctx, random_bytes(9, 4 * CHUNK), "x:v1")
+        .await
+        .expect("build");
+    let events = f.store.events.lock().expect("lock").clone();
+    // Early background syncs may interleave with the chunk puts; the tail is fixed.
+    let tail: Vec<&str> = events
+        .iter()
+        .skip_while(|e| **e != "manifest")
+        .copied()
+        .collect();
+    assert_eq!(tail, ["manifest", "sync", "catalog", "sync"], "{events:?}");
+    let before_manifest = &events[..events.len() - tail.len()];
+    assert_eq!(before_manifest.iter().filter(|e| **e == "chunk").count(), 4);
+    assert_eq!(before_manifest.last(), Some(&"sync"), "{events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
