@@ -484,7 +484,8 @@ async fn fetch_plain(
     let data = ctx.store.get_chunk(root, &name).await?;
     let salt = Salt::for_root(root);
     tokio::task::spawn_blocking(move || {
-        let mut buf = data.to_vec();
+        // Takes the buffer over without a copy when the store handed us the only reference.
+        let mut buf = Vec::<u8>::from(data);
         if buf.len() != expected_len {
             return Err(ImageError::new(
                 ImageErrorKind::Corrupt,
