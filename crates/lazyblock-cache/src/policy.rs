@@ -321,16 +321,13 @@ impl<K: Eq + Hash + Clone> S3Fifo<K> {
     /// Evicts from the small queue until one key has left into the ghost queue (promoting
     /// accessed keys to main on the way) or the small queue is empty.
     fn evict_small(&mut self, out: &mut Vec<K>) {
-        while let Some((key, stamp)) = self.small.pop_front() {
-            let Some(entry) = self.entries.get_mut(&key) else {
-                continue;
-            };
-            if entry.stamp != stamp {
-                continue;
-            }
+        while let Some(key) = pop_live(&mut self.small, &self.entries) {
+            let new_stamp = self.stamp();
+            let entry = self
+                .entries
+                .get_mut(&key)
+                .expect("pop_live returns resident keys");
             if entry.freq > 0 {
-                let new_stamp = self.next_stamp;
-                self.next_stamp += 1;
                 entry.freq = 0;
                 entry.queue = Queue::Main;
                 entry.stamp = new_stamp;
@@ -356,16 +353,13 @@ impl<K: Eq + Hash + Clone> S3Fifo<K> {
 
     /// Evicts one key from the main queue, giving keys with a frequency > 0 another lap.
     fn evict_main(&mut self, out: &mut Vec<K>) {
-        while let Some((key, stamp)) = self.main.pop_front() {
-            let Some(entry) = self.entries.get_mut(&key) else {
-                continue;
-            };
-            if entry.stamp != stamp {
-                continue;
-            }
+        while let Some(key) = pop_live(&mut self.main, &self.entries) {
+            let new_stamp = self.stamp();
+            let entry = self
+                .entries
+                .get_mut(&key)
+                .expect("pop_live returns resident keys");
             if entry.freq > 0 {
-                let new_stamp = self.next_stamp;
-                self.next_stamp += 1;
                 entry.freq -= 1;
                 entry.stamp = new_stamp;
                 self.main.push_back((key, new_stamp));
@@ -413,6 +407,20 @@ impl<K: Eq + Hash + Clone> S3Fifo<K> {
                 .retain(|(key, stamp)| index.get(key).is_some_and(|s| s == stamp));
         }
     }
+}
+
+/// Pops the oldest live slot of `queue` (its stamp matches the resident entry), dropping
+/// tombstones on the way.
+fn pop_live<K: Eq + Hash>(
+    queue: &mut VecDeque<(K, u64)>,
+    entries: &HashMap<K, Entry>,
+) -> Option<K> {
+    while let Some((key, stamp)) = queue.pop_front() {
+        if entries.get(&key).is_some_and(|e| e.stamp == stamp) {
+            return Some(key);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
