@@ -232,6 +232,26 @@ fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
 
+/// Records the region `[start, pos)` if it is not empty and returns where the next region
+/// starts: `pos` aligned up to a chunk boundary.
+fn close_region(
+    regions: &mut Vec<Region>,
+    kind: RegionKind,
+    start: u64,
+    pos: u64,
+    align: u64,
+) -> u64 {
+    if pos == start {
+        return pos;
+    }
+    regions.push(Region {
+        kind,
+        start_block: start,
+        blocks: pos - start,
+    });
+    align_up(pos, align)
+}
+
 fn validate_attrs(path: &str, a: &Attrs) -> Result<Vec<XattrEnt>> {
     if a.mode & !0o7777 != 0 {
         return Err(Error::invalid(format!(
@@ -683,14 +703,13 @@ pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan> {
                     Item::Hidden(_, runs) => pos += run_blocks(runs),
                 }
             }
-            if pos > start {
-                regions.push(Region {
-                    kind: RegionKind::LayerData(layer),
-                    start_block: start,
-                    blocks: pos - start,
-                });
-                pos = align_up(pos, align);
-            }
+            pos = close_region(
+                &mut regions,
+                RegionKind::LayerData(layer),
+                start,
+                pos,
+                align,
+            );
             let start = pos;
             for (_, item) in meta_order
                 .range((layer, Vec::new(), false)..)
@@ -709,14 +728,13 @@ pub fn plan(tree: &Tree, opts: &Options) -> Result<Plan> {
                     }
                 }
             }
-            if pos > start {
-                regions.push(Region {
-                    kind: RegionKind::LayerMeta(layer),
-                    start_block: start,
-                    blocks: pos - start,
-                });
-                pos = align_up(pos, align);
-            }
+            pos = close_region(
+                &mut regions,
+                RegionKind::LayerMeta(layer),
+                start,
+                pos,
+                align,
+            );
         }
         let mut bitmap_start = 1 + gdt_blocks;
         if !bitmaps_in_head {
