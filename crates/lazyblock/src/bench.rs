@@ -187,7 +187,8 @@ async fn bench_build(r: &Resolved, args: &BenchBuildArgs) -> Result<()> {
             .map(|(label, rep)| {
                 let m = mbps(rep.bytes_in, rep.elapsed.as_secs_f64());
                 serde_json::json!({"case": label, "mb_per_s": m, "vs_copy": m / copy, "vs_seal_only": m / seal,
-                    "chunks_new": rep.chunks_new, "chunks_dedup": rep.chunks_dedup})
+                    "chunks_new": rep.chunks_new, "chunks_dedup": rep.chunks_dedup,
+                    "manifest_bytes": rep.manifest_bytes})
             })
             .collect();
         println!(
@@ -227,6 +228,13 @@ async fn bench_build(r: &Resolved, args: &BenchBuildArgs) -> Result<()> {
                 m,
                 m / copy,
                 m / seal
+            );
+        }
+        if let Some((_, rep)) = results.first() {
+            println!(
+                "manifest: {} bytes = {:.4}% of the image (budget 0.02%)",
+                rep.manifest_bytes,
+                rep.manifest_bytes as f64 * 100.0 / args.size as f64
             );
         }
     }
