@@ -118,11 +118,23 @@ pub fn chunk_name_of(ciphertext: &[u8]) -> ChunkName {
 }
 
 fn ctr_in_place(key: &ChunkKey, data: &mut [u8]) -> Result<()> {
+    ctr_at(key, 0, data)
+}
+
+/// AES-256-CTR over `data`, which sits at byte `offset` of its chunk (`offset` a multiple of 16):
+/// the counter block starts at `offset / 16`, big-endian, as in docs/format.md §1.
+fn ctr_at(key: &ChunkKey, offset: u64, data: &mut [u8]) -> Result<()> {
+    if offset % 16 != 0 {
+        return Err(FormatError::invalid(format!(
+            "chunk range offset {offset} is not a multiple of the AES block size"
+        )));
+    }
+    let counter = u128::from(offset / 16).to_be_bytes();
     let cipher = UnboundCipherKey::new(&AES_256, key.as_bytes())
         .and_then(EncryptingKey::ctr)
         .map_err(|_| FormatError::invalid("AES-256-CTR key setup failed"))?;
     cipher
-        .less_safe_encrypt(data, EncryptionContext::Iv128([0u8; 16].into()))
+        .less_safe_encrypt(data, EncryptionContext::Iv128(counter.into()))
         .map_err(|_| FormatError::invalid("AES-256-CTR failed"))?;
     Ok(())
 }
@@ -151,6 +163,13 @@ pub fn open_chunk(name: &ChunkName, key: &ChunkKey, data: &mut [u8]) -> Result<(
     ctr_in_place(key, data)
 }
 
+/// Decrypts, in place, the bytes `data` of an already verified chunk that start at byte `offset`
+/// of its ciphertext. `offset` must be a multiple of 16. This is how a cache that holds verified
+/// ciphertext serves a small read without decrypting the whole chunk; it does not verify.
+pub fn decrypt_chunk_range(key: &ChunkKey, offset: u64, data: &mut [u8]) -> Result<()> {
+    ctr_at(key, offset, data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +186,26 @@ mod tests {
         assert_ne!(buf, plain);
         open_chunk(&name, &key, &mut buf).expect("open");
         assert_eq!(buf, plain);
+    }
+
+    #[test]
+    fn range_decrypt_matches_whole_chunk() {
+        let plain: Vec<u8> = (0..70_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let mut sealed = plain.clone();
+        let (_, key) = seal_chunk(&salt(), &mut sealed).expect("seal");
+        for (start, len) in [
+            (0usize, 1usize),
+            (16, 4096),
+            (4096, 65_536),
+            (69_984, 16),
+            (1024, 0),
+        ] {
+            let mut part = sealed[start..start + len].to_vec();
+            decrypt_chunk_range(&key, start as u64, &mut part).expect("decrypt");
+            assert_eq!(part, plain[start..start + len], "range {start}+{len}");
+        }
+        let mut odd = sealed[3..10].to_vec();
+        assert!(decrypt_chunk_range(&key, 3, &mut odd).is_err());
     }
 
     #[test]

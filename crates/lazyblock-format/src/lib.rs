@@ -21,8 +21,8 @@ mod manifest;
 
 pub use catalog::CatalogEntry;
 pub use crypto::{
-    chunk_name_of, derive_chunk_key, open_chunk, seal_chunk, ChunkKey, Salt, TenantKey,
-    TENANT_KEY_LEN,
+    chunk_name_of, decrypt_chunk_range, derive_chunk_key, open_chunk, seal_chunk, ChunkKey, Salt,
+    TenantKey, TENANT_KEY_LEN,
 };
 pub use error::{FormatError, FormatErrorKind};
 pub use geometry::{is_zero, ChunkSize, Geometry};
