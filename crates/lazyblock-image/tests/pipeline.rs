@@ -134,6 +134,19 @@ impl ChunkStore for FaultyStore {
     async fn get_manifest(&self, root: &RootId, id: &ManifestId) -> lazyblock_store::Result<Bytes> {
         self.inner.get_manifest(root, id).await
     }
+
+    async fn put_profile(
+        &self,
+        root: &RootId,
+        id: &ManifestId,
+        data: Bytes,
+    ) -> lazyblock_store::Result<()> {
+        self.inner.put_profile(root, id, data).await
+    }
+
+    async fn get_profile(&self, root: &RootId, id: &ManifestId) -> lazyblock_store::Result<Bytes> {
+        self.inner.get_profile(root, id).await
+    }
     async fn put_catalog(
         &self,
         tenant: &TenantId,

@@ -3,6 +3,7 @@
 //! ```text
 //! roots/<root>/chunks/<chunk name, 64 hex>
 //! roots/<root>/manifests/<manifest id, 64 hex>
+//! roots/<root>/profiles/<manifest id, 64 hex>
 //! catalog/<tenant>/<image name>:<tag>
 //! ```
 
@@ -41,6 +42,10 @@ impl Layout {
     /// The key of a manifest.
     pub fn manifest(&self, root: &RootId, id: &ManifestId) -> String {
         self.join(format!("roots/{root}/manifests/{id}"))
+    }
+    /// The key of the start-up profile of a manifest.
+    pub fn profile(&self, root: &RootId, id: &ManifestId) -> String {
+        self.join(format!("roots/{root}/profiles/{id}"))
     }
     /// The key of a catalog entry.
     pub fn catalog(&self, tenant: &TenantId, image: &ImageRef) -> String {

@@ -70,6 +70,12 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug {
     /// Fetches a manifest's bytes.
     async fn get_manifest(&self, root: &RootId, id: &ManifestId) -> Result<Bytes>;
 
+    /// Stores (or replaces) the start-up profile recorded for a manifest: a list of chunk
+    /// names, kept beside the manifest (docs/format.md §7).
+    async fn put_profile(&self, root: &RootId, id: &ManifestId, data: Bytes) -> Result<()>;
+    /// Fetches the start-up profile of a manifest ([`StoreErrorKind::NotFound`] if none).
+    async fn get_profile(&self, root: &RootId, id: &ManifestId) -> Result<Bytes>;
+
     /// Publishes (or re-points) a catalog entry.
     async fn put_catalog(&self, tenant: &TenantId, image: &ImageRef, entry: Bytes) -> Result<()>;
     /// Fetches a catalog entry.

@@ -373,6 +373,23 @@ impl ChunkStore for ObjectChunkStore {
             .await
     }
 
+    async fn put_profile(&self, root: &RootId, id: &ManifestId, data: Bytes) -> Result<()> {
+        let path = Path::from(self.layout.profile(root, id));
+        self.store
+            .put(&path, PutPayload::from_bytes(data))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(&format!("store the profile of manifest {id}"), e))
+    }
+
+    async fn get_profile(&self, root: &RootId, id: &ManifestId) -> Result<Bytes> {
+        self.get_bytes(
+            &self.layout.profile(root, id),
+            &format!("profile of manifest {id}"),
+        )
+        .await
+    }
+
     async fn put_catalog(&self, tenant: &TenantId, image: &ImageRef, entry: Bytes) -> Result<()> {
         let path = Path::from(self.layout.catalog(tenant, image));
         self.store

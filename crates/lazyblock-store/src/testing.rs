@@ -227,6 +227,23 @@ pub async fn conformance(store: &dyn ChunkStore, strict_create: bool) {
         .expect_err("missing manifest");
     assert_eq!(err.kind(), StoreErrorKind::NotFound);
 
+    // Profiles: absent, stored, replaced.
+    let err = store
+        .get_profile(&root, &id)
+        .await
+        .expect_err("no profile yet");
+    assert_eq!(err.kind(), StoreErrorKind::NotFound);
+    for body in [&b"profile one"[..], &b"profile two, longer"[..]] {
+        store
+            .put_profile(&root, &id, Bytes::copy_from_slice(body))
+            .await
+            .expect("put profile");
+        assert_eq!(
+            store.get_profile(&root, &id).await.expect("get profile"),
+            body
+        );
+    }
+
     // Catalog: publish, overwrite, list (sorted, per tenant), delete.
     let t1 = TenantId::new("tenant-one").expect("valid");
     let t2 = TenantId::new("tenant-two").expect("valid");
