@@ -7,7 +7,8 @@
 //!   plaintext)`, AES-256-CTR with a zero IV, `name = SHA-256(ciphertext)`,
 //! - the manifest codec ([`Manifest`], [`encode_manifest`]): a keyless chunk table plus a key table
 //!   sealed with AES-256-GCM under a per-manifest data key wrapped by the tenant key,
-//! - the catalog entry codec ([`CatalogEntry`]).
+//! - the catalog entry codec ([`CatalogEntry`]),
+//! - the start-up profile codec ([`Profile`]): first-read order of an image's chunks.
 //!
 //! It does no I/O, reads no clock and draws no randomness: times and random bytes are passed in,
 //! so every encoding is reproducible in tests.
@@ -18,6 +19,7 @@ mod error;
 mod geometry;
 mod ids;
 mod manifest;
+mod profile;
 
 pub use catalog::CatalogEntry;
 pub use crypto::{
@@ -31,6 +33,7 @@ pub use manifest::{
     encode_manifest, ChunkEntry, KeyTable, Manifest, ManifestHeader, ManifestRandom,
     MANIFEST_MAGIC, MANIFEST_VERSION, MAX_IMAGE_CONFIG_LEN, MAX_SOURCE_LEN,
 };
+pub use profile::{fuzz_profile_decode, Profile, MAX_PROFILE_CHUNKS};
 
 /// Result alias of this crate.
 pub type Result<T, E = FormatError> = std::result::Result<T, E>;
