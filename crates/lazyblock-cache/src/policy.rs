@@ -184,6 +184,11 @@ impl<K: Eq + Hash + Clone> S3Fifo<K> {
         self.entries.get(key).map(|e| e.size)
     }
 
+    /// The resident keys, in no particular order. Does not count as an access.
+    pub fn keys(&self) -> impl Iterator<Item = &K> + '_ {
+        self.entries.keys()
+    }
+
     /// Records a lookup of `key`: on a hit, bumps its frequency (saturating at
     /// [`MAX_FREQUENCY`]) and returns `true`; on a miss returns `false` and changes nothing (the
     /// caller fetches the bytes and calls [`insert`](Self::insert)).
