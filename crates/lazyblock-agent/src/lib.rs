@@ -2,10 +2,21 @@
 //!
 //! Owns:
 //! - [`device`]: the [`BlockDevice`] seam every frontend serves, and its errors.
+//! - [`source`]: [`BlockSource`], one image as a device: manifest, chunk fetching, overlay,
+//!   read-ahead, profile recording and replay.
+//! - [`fetch`]: the process-wide chunk fetch path: worker cache tiers, single flight, bounded
+//!   origin fetches with demand and prefetch priorities, verification.
+//! - [`overlay`]: the copy-on-write overlay of guest writes, on local disk.
+//! - [`metrics`]: per-device counters and histograms, Prometheus text.
 //!
 //! A frontend (NBD, FUSE) knows nothing of chunks, manifests or caches: it turns its protocol's
 //! requests into [`BlockDevice`] calls and their errors into the protocol's errno.
 
 pub mod device;
+pub mod fetch;
+pub mod metrics;
+pub mod overlay;
+pub mod source;
 
 pub use device::{BlockDevice, DeviceError, DeviceErrorKind};
+pub use source::{BlockSource, SourceConfig, SourceDevice};

@@ -4,6 +4,7 @@
 //! defaults), logging, progress bars and exit codes. Everything it does is delegated to the
 //! library crates; this is the only crate that uses `anyhow`, reads the environment or the clock.
 
+mod agent;
 mod bench;
 mod settings;
 
@@ -73,6 +74,13 @@ enum Command {
     Verify(VerifyArgs),
     /// List the tenant's catalog
     Images(ImagesArgs),
+    /// Serve a published image on demand as an NBD block device (foreground, until SIGINT/SIGTERM)
+    Serve(agent::ServeArgs),
+    /// Serve a published image through FUSE and loop-mount its ext4 filesystem at a directory
+    /// (starts a background agent)
+    Mount(agent::MountArgs),
+    /// Unmount a directory mounted by `lazyblock mount` and stop its agent
+    Umount(agent::UmountArgs),
     /// End-to-end benchmarks
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -651,6 +659,12 @@ async fn run(cli: Cli) -> Result<bool> {
         Command::Export(a) => cmd_export(&r, a).await.map(|()| true),
         Command::Verify(a) => cmd_verify(&r, a).await,
         Command::Images(a) => cmd_images(&r, a).await.map(|()| true),
+        Command::Serve(a) => agent::cmd_serve(&r, a).await.map(|()| true),
+        Command::Mount(a) => {
+            let argv: Vec<String> = std::env::args().collect();
+            agent::cmd_mount(&r, a, &argv).await.map(|()| true)
+        }
+        Command::Umount(a) => agent::cmd_umount(a).await.map(|()| true),
         Command::Bench(b) => bench::run(&r, b).await.map(|()| true),
     }
 }
@@ -706,8 +720,13 @@ fn main() -> std::process::ExitCode {
         }
     };
     // On SIGINT/SIGTERM the command's future is dropped, which runs its clean-up (an export
-    // removes its partial output), then the process exits with 128 + signal.
+    // removes its partial output), then the process exits with 128 + signal. Agents handle
+    // the signals themselves: they stop serving, save their profile and print a summary.
+    let handles_signals = matches!(cli.command, Command::Serve(_) | Command::Mount(_));
     let outcome = runtime.block_on(async {
+        if handles_signals {
+            return Ok(run(cli).await);
+        }
         tokio::select! {
             r = run(cli) => Ok(r),
             code = interrupted() => Err(code),

@@ -32,7 +32,8 @@ fn home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
-fn xdg(var: &str, fallback: &str) -> PathBuf {
+/// `$<var>` if absolute, else `~/<fallback>` (the XDG base directory rules).
+pub(crate) fn xdg_dir(var: &str, fallback: &str) -> PathBuf {
     match std::env::var_os(var) {
         Some(v) if Path::new(&v).is_absolute() => PathBuf::from(v),
         _ => home().join(fallback),
@@ -41,12 +42,12 @@ fn xdg(var: &str, fallback: &str) -> PathBuf {
 
 /// `$XDG_CONFIG_HOME/lazyblock` (default `~/.config/lazyblock`).
 pub(crate) fn config_dir() -> PathBuf {
-    xdg("XDG_CONFIG_HOME", ".config").join("lazyblock")
+    xdg_dir("XDG_CONFIG_HOME", ".config").join("lazyblock")
 }
 
 /// `$XDG_DATA_HOME/lazyblock` (default `~/.local/share/lazyblock`).
 pub(crate) fn data_dir() -> PathBuf {
-    xdg("XDG_DATA_HOME", ".local/share").join("lazyblock")
+    xdg_dir("XDG_DATA_HOME", ".local/share").join("lazyblock")
 }
 
 /// Loads the config file: an explicit path must exist; the default path is optional.

@@ -1,0 +1,414 @@
+//! The chunk fetch path shared by every device of an agent process: worker cache (memory, then
+//! disk), single flight, bounded origin fetches with two priorities, verification.
+//!
+//! Invariants:
+//! - Every tier holds ciphertext, and nothing leaves this module unverified: origin bytes are
+//!   checked (`SHA-256(bytes) == name`, length) before they are cached or returned, disk-tier
+//!   bytes are checked by the disk tier on every load, memory-tier bytes were checked on entry.
+//! - Concurrent misses of one chunk in this process share one flight (a spawned task, so a
+//!   caller that goes away does not strand the others). Across processes the flight holds the
+//!   disk tier's lock for the chunk and re-checks the disk tier under it, so agents sharing a
+//!   cache directory fetch a chunk from the origin once.
+//! - At most `demand_fetches` demand and `prefetch_fetches` prefetch origin requests are in
+//!   flight. Prefetches have their own permits, so they never hold a slot a demand read needs;
+//!   a demand read that joins a queued prefetch promotes it to the demand pool.
+//! - A broken disk tier (unwritable, full) costs speed, never a read: the fetcher warns and
+//!   serves from memory and the origin.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use lazyblock_cache::{CacheErrorKind, DiskTier, MemTier};
+use lazyblock_format::{chunk_name_of, ChunkName, RootId};
+use lazyblock_store::{ChunkStore, StoreErrorKind};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
+
+use crate::metrics::{DeviceMetrics, Tier};
+
+/// How the fetcher is set up.
+#[derive(Debug, Clone)]
+pub struct FetcherConfig {
+    /// Bytes of chunks the memory tier holds.
+    pub mem_bytes: u64,
+    /// The disk tier's directory and size; `None` runs without one.
+    pub disk: Option<(PathBuf, u64)>,
+    /// Demand (guest) origin fetches in flight at most.
+    pub demand_fetches: usize,
+    /// Prefetch (read-ahead, profile) origin fetches in flight at most.
+    pub prefetch_fetches: usize,
+    /// An origin fetch that takes longer fails (the store's own retries happen inside it).
+    pub origin_timeout: Duration,
+    /// Added before every origin request: to model a remote origin in benchmarks.
+    pub origin_latency: Duration,
+}
+
+impl Default for FetcherConfig {
+    fn default() -> Self {
+        Self {
+            mem_bytes: 256 << 20,
+            disk: None,
+            demand_fetches: 64,
+            prefetch_fetches: 16,
+            origin_timeout: Duration::from_secs(60),
+            origin_latency: Duration::ZERO,
+        }
+    }
+}
+
+/// Who wants a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// A guest read is waiting.
+    Demand,
+    /// Read-ahead or profile replay.
+    Prefetch,
+}
+
+/// Why a chunk could not be produced.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct FetchError {
+    /// Whether the chunk was corrupt everywhere we looked (otherwise: unreachable, missing).
+    pub corrupt: bool,
+    /// One line for the log.
+    pub message: String,
+}
+
+/// One chunk to fetch: where it lives and what it must look like.
+#[derive(Debug, Clone)]
+pub struct ChunkRequest {
+    /// The root the chunk is stored under at the origin.
+    pub root: RootId,
+    /// Its name, `SHA-256` of its ciphertext.
+    pub name: ChunkName,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+type FlightResult = Result<(Bytes, Tier), FetchError>;
+
+struct Flight {
+    result: Shared<BoxFuture<'static, FlightResult>>,
+    urgent: Arc<Notify>,
+}
+
+/// Process-wide fetcher statistics (per-device ones live in [`DeviceMetrics`]).
+#[derive(Debug, Default)]
+pub struct FetcherStats {
+    /// Flights started (misses of the memory tier not joined to another flight).
+    pub flights: AtomicU64,
+    /// Callers that joined a flight already under way.
+    pub joined: AtomicU64,
+    /// Disk-tier errors (reads or writes) since start.
+    pub disk_errors: AtomicU64,
+}
+
+/// The shared fetch path. Cheap to share: wrap it in an [`Arc`].
+pub struct ChunkFetcher {
+    origin: Arc<dyn ChunkStore>,
+    mem: MemTier,
+    disk: Option<DiskTier>,
+    disk_disabled: AtomicBool,
+    disk_full_warned: AtomicBool,
+    inflight: Mutex<HashMap<ChunkName, Flight>>,
+    demand: Arc<Semaphore>,
+    prefetch: Arc<Semaphore>,
+    config: FetcherConfig,
+    stats: FetcherStats,
+}
+
+impl std::fmt::Debug for ChunkFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkFetcher")
+            .field("origin", &self.origin.url())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+fn verify_chunk(id: &[u8; 32], data: &[u8]) -> bool {
+    chunk_name_of(data).as_bytes() == id
+}
+
+impl ChunkFetcher {
+    /// Sets up the tiers. A disk tier that cannot be opened is reported with one warning and
+    /// left out: the agent still serves, from memory and the origin.
+    pub fn new(origin: Arc<dyn ChunkStore>, config: FetcherConfig) -> Self {
+        let disk = match &config.disk {
+            None => None,
+            Some((dir, bytes)) => match DiskTier::open(dir, *bytes, Arc::new(verify_chunk)) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    warn!(dir = %dir.display(), "disk cache unusable, serving from memory and origin: {e}");
+                    None
+                }
+            },
+        };
+        Self {
+            origin,
+            mem: MemTier::new(config.mem_bytes, 512 << 10),
+            disk,
+            disk_disabled: AtomicBool::new(false),
+            disk_full_warned: AtomicBool::new(false),
+            inflight: Mutex::new(HashMap::new()),
+            demand: Arc::new(Semaphore::new(config.demand_fetches.max(1))),
+            prefetch: Arc::new(Semaphore::new(config.prefetch_fetches.max(1))),
+            config,
+            stats: FetcherStats::default(),
+        }
+    }
+
+    /// Whether a usable disk tier is attached.
+    pub fn has_disk_tier(&self) -> bool {
+        self.disk.is_some() && !self.disk_disabled.load(Ordering::Relaxed)
+    }
+
+    /// Process-wide statistics.
+    pub fn stats(&self) -> &FetcherStats {
+        &self.stats
+    }
+
+    /// Whether the chunk is in the memory tier (no access recorded).
+    pub fn in_memory(&self, name: &ChunkName) -> bool {
+        self.mem.contains(name.as_bytes())
+    }
+
+    /// Returns the verified ciphertext of a chunk and the tier it came from. Origin fetches
+    /// (and prefetches) are counted in `metrics`.
+    pub async fn get(
+        self: &Arc<Self>,
+        req: &ChunkRequest,
+        priority: Priority,
+        metrics: &Arc<DeviceMetrics>,
+    ) -> FlightResult {
+        if let Some(data) = self.mem.get(req.name.as_bytes()) {
+            return Ok((data, Tier::Memory));
+        }
+        let flight = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            match inflight.get(&req.name) {
+                Some(f) => {
+                    self.stats.joined.fetch_add(1, Ordering::Relaxed);
+                    if priority == Priority::Demand {
+                        f.urgent.notify_one();
+                    }
+                    f.result.clone()
+                }
+                None => {
+                    self.stats.flights.fetch_add(1, Ordering::Relaxed);
+                    let urgent = Arc::new(Notify::new());
+                    let this = Arc::clone(self);
+                    let task = tokio::spawn(this.fly(
+                        req.clone(),
+                        priority,
+                        Arc::clone(&urgent),
+                        Arc::clone(metrics),
+                    ));
+                    let result = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(FetchError {
+                                corrupt: false,
+                                message: format!("chunk fetch task failed: {e}"),
+                            })
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    inflight.insert(
+                        req.name,
+                        Flight {
+                            result: result.clone(),
+                            urgent,
+                        },
+                    );
+                    result
+                }
+            }
+        };
+        flight.await
+    }
+
+    async fn fly(
+        self: Arc<Self>,
+        req: ChunkRequest,
+        priority: Priority,
+        urgent: Arc<Notify>,
+        metrics: Arc<DeviceMetrics>,
+    ) -> FlightResult {
+        let result = self.fly_inner(&req, priority, urgent, &metrics).await;
+        if let Ok((data, _)) = &result {
+            self.mem.put(*req.name.as_bytes(), data.clone());
+        }
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&req.name);
+        result
+    }
+
+    async fn fly_inner(
+        self: &Arc<Self>,
+        req: &ChunkRequest,
+        priority: Priority,
+        urgent: Arc<Notify>,
+        metrics: &Arc<DeviceMetrics>,
+    ) -> FlightResult {
+        let id = *req.name.as_bytes();
+        // Disk tier, then its cross-process lock and a second look under it.
+        let mut lock = None;
+        if self.has_disk_tier() {
+            if let Some(data) = self.disk_get(id).await {
+                return Ok((data, Tier::Disk));
+            }
+            let this = Arc::clone(self);
+            match tokio::task::spawn_blocking(move || this.disk.as_ref().map(|d| d.lock(&id))).await
+            {
+                Ok(Some(Ok(guard))) => {
+                    lock = Some(guard);
+                    if let Some(data) = self.disk_get(id).await {
+                        return Ok((data, Tier::Disk));
+                    }
+                }
+                Ok(Some(Err(e))) => self.disk_failed("lock", &e.to_string(), e.kind()),
+                Ok(None) | Err(_) => {}
+            }
+        }
+        let data = self.origin_fetch(req, priority, urgent, metrics).await?;
+        if self.has_disk_tier() {
+            let this = Arc::clone(self);
+            let bytes = data.clone();
+            let put =
+                tokio::task::spawn_blocking(move || this.disk.as_ref().map(|d| d.put(&id, &bytes)))
+                    .await;
+            if let Ok(Some(Err(e))) = put {
+                self.disk_failed("write", &e.to_string(), e.kind());
+            }
+        }
+        drop(lock);
+        Ok((data, Tier::Origin))
+    }
+
+    async fn disk_get(self: &Arc<Self>, id: [u8; 32]) -> Option<Bytes> {
+        let this = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || this.disk.as_ref().map(|d| d.get(&id))).await {
+            Ok(Some(Ok(Some(data)))) => Some(Bytes::from(data)),
+            Ok(Some(Err(e))) => {
+                self.disk_failed("read", &e.to_string(), e.kind());
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn disk_failed(&self, what: &str, message: &str, kind: CacheErrorKind) {
+        self.stats.disk_errors.fetch_add(1, Ordering::Relaxed);
+        match kind {
+            CacheErrorKind::NoSpace => {
+                if !self.disk_full_warned.swap(true, Ordering::Relaxed) {
+                    warn!("disk cache is full ({what}): serving from memory and origin: {message}");
+                }
+            }
+            CacheErrorKind::Unwritable => {
+                if !self.disk_disabled.swap(true, Ordering::Relaxed) {
+                    warn!("disk cache {what} failed, disabling it for this agent: serving from memory and origin: {message}");
+                }
+            }
+            _ => warn!("disk cache {what} failed: {message}"),
+        }
+    }
+
+    async fn permit(&self, priority: Priority, urgent: &Notify) -> Option<OwnedSemaphorePermit> {
+        match priority {
+            Priority::Demand => Arc::clone(&self.demand).acquire_owned().await.ok(),
+            Priority::Prefetch => {
+                let prefetch = Arc::clone(&self.prefetch);
+                tokio::select! {
+                    p = prefetch.acquire_owned() => p.ok(),
+                    () = urgent.notified() => Arc::clone(&self.demand).acquire_owned().await.ok(),
+                }
+            }
+        }
+    }
+
+    async fn origin_fetch(
+        &self,
+        req: &ChunkRequest,
+        priority: Priority,
+        urgent: Arc<Notify>,
+        metrics: &DeviceMetrics,
+    ) -> Result<Bytes, FetchError> {
+        let _permit = self.permit(priority, &urgent).await;
+        let started = Instant::now();
+        let fetch = async {
+            if !self.config.origin_latency.is_zero() {
+                tokio::time::sleep(self.config.origin_latency).await;
+            }
+            self.origin.get_chunk(&req.root, &req.name).await
+        };
+        let fail = |corrupt: bool, message: String| {
+            metrics.origin_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(chunk = %req.name.short(), "{message}");
+            FetchError { corrupt, message }
+        };
+        let data = match tokio::time::timeout(self.config.origin_timeout, fetch).await {
+            Err(_) => {
+                return Err(fail(
+                    false,
+                    format!(
+                        "chunk {} from {}: no answer within {:?}",
+                        req.name.short(),
+                        self.origin.url(),
+                        self.config.origin_timeout
+                    ),
+                ))
+            }
+            Ok(Err(e)) => {
+                let what = if e.kind() == StoreErrorKind::NotFound {
+                    "is missing from the origin"
+                } else {
+                    "could not be fetched"
+                };
+                return Err(fail(
+                    false,
+                    format!("chunk {} {what}: {e}", req.name.short()),
+                ));
+            }
+            Ok(Ok(data)) => data,
+        };
+        let expected = req.name;
+        let len = req.len;
+        let check = data.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            check.len() == len && chunk_name_of(&check) == expected
+        })
+        .await
+        .unwrap_or(false);
+        if !ok {
+            return Err(fail(
+                true,
+                format!(
+                    "chunk {} from {} is corrupt ({} bytes, expected {len}, or its hash differs); not served",
+                    req.name.short(),
+                    self.origin.url(),
+                    data.len()
+                ),
+            ));
+        }
+        metrics.origin_latency.record(started.elapsed());
+        metrics.origin_chunks.fetch_add(1, Ordering::Relaxed);
+        metrics
+            .origin_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if priority == Priority::Prefetch {
+            metrics.prefetched_chunks.fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(chunk = %req.name.short(), ms = started.elapsed().as_millis() as u64, "origin fetch");
+        Ok(data)
+    }
+}

@@ -1,0 +1,561 @@
+//! `serve`, `mount` and `umount`: the agent's command line.
+//!
+//! `serve` runs in the foreground until SIGINT/SIGTERM. `mount` starts a background agent
+//! (this binary, `mount --foreground`) that serves the image as a file on a private FUSE mount,
+//! loop-mounts that file at the target directory, and returns once the directory is mounted;
+//! `umount` tears the stack down from the directory alone and waits for the agent to save its
+//! profile and print its summary.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::Args;
+use lazyblock_agent::fetch::{ChunkFetcher, FetcherConfig};
+use lazyblock_agent::metrics::{render_prometheus, DeviceMetrics};
+use lazyblock_agent::source::{BlockSource, SourceConfig, SourceDevice};
+use lazyblock_format::{ImageRef, Profile};
+use lazyblock_image::open_image;
+use lazyblock_keys::{KeyAccess, KeyProvider};
+use lazyblock_store::StoreErrorKind;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tracing::{info, warn};
+
+use crate::{context, settings, Resolved};
+
+/// Options every agent command shares: cache, overlay, prefetch, metrics.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct AgentArgs {
+    /// Serve read-only: writes are refused and no overlay is kept
+    #[arg(long)]
+    pub(crate) read_only: bool,
+    /// Where the guest's writes are kept, so a restarted agent resumes with them
+    /// [default: $XDG_STATE_HOME/lazyblock/overlays/<tenant>/<name>/<tag>]
+    #[arg(long)]
+    pub(crate) overlay_dir: Option<PathBuf>,
+    /// Drop the overlay's earlier writes and start from the image as built
+    #[arg(long)]
+    pub(crate) discard_overlay: bool,
+    /// Worker cache directory, shared by every agent on the machine
+    /// [default: $XDG_CACHE_HOME/lazyblock, i.e. ~/.cache/lazyblock]
+    #[arg(long, env = "LAZYBLOCK_CACHE_DIR")]
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Memory tier size of the worker cache
+    #[arg(long, default_value = "256MiB", value_parser = settings::parse_size)]
+    pub(crate) cache_mem: u64,
+    /// Disk tier size of the worker cache (0 disables the disk tier)
+    #[arg(long, default_value = "10GiB", value_parser = settings::parse_size)]
+    pub(crate) cache_disk: u64,
+    /// Origin fetches in flight for guest reads
+    #[arg(long, default_value_t = 64)]
+    pub(crate) fetch_concurrency: usize,
+    /// Origin fetches in flight for read-ahead and profile replay
+    #[arg(long, default_value_t = 16)]
+    pub(crate) prefetch_concurrency: usize,
+    /// Turn off sequential read-ahead
+    #[arg(long)]
+    pub(crate) no_readahead: bool,
+    /// Do not replay the image's recorded start-up profile
+    #[arg(long)]
+    pub(crate) no_profile: bool,
+    /// Record the order in which chunks are first read and store it beside the manifest,
+    /// once the guest has read nothing new for --profile-idle or after --profile-limit
+    #[arg(long)]
+    pub(crate) record_profile: bool,
+    /// Recording ends after this long without a newly read chunk
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub(crate) profile_idle: Duration,
+    /// Recording ends after this long in any case
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub(crate) profile_limit: Duration,
+    /// Serve Prometheus metrics on http://<addr>/metrics (e.g. 127.0.0.1:9100)
+    #[arg(long)]
+    pub(crate) metrics_addr: Option<String>,
+    /// Added before every origin request (to model a remote origin in benchmarks)
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    pub(crate) origin_latency: Option<Duration>,
+}
+
+/// Parses `250ms`, `3s`, `2m`, `1h` or a number of seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 3s, 2m"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?}: use ms, s, m or h"
+            ))
+        }
+    })
+}
+
+pub(crate) fn default_cache_dir() -> PathBuf {
+    settings::xdg_dir("XDG_CACHE_HOME", ".cache").join("lazyblock")
+}
+
+/// A running device: the source plus what the agent must do at the end.
+pub(crate) struct Agent {
+    pub(crate) image: ImageRef,
+    pub(crate) source: Arc<BlockSource>,
+    store: Arc<dyn lazyblock_store::ChunkStore>,
+    record: Option<(Instant, Duration, Duration)>,
+    profile_saved: std::sync::atomic::AtomicBool,
+}
+
+impl Agent {
+    /// Opens the image and sets up cache, overlay and profile replay.
+    pub(crate) async fn start(r: &Resolved, image: &str, a: &AgentArgs) -> Result<Arc<Self>> {
+        let image = ImageRef::parse(image)?;
+        let ctx = context(r, false)?;
+        let opened = open_image(&ctx, &image).await?;
+        let key = ctx
+            .keys
+            .tenant_key(&ctx.tenant, KeyAccess::Existing)
+            .with_context(|| format!("cannot open {image}"))?;
+        let keys = opened.manifest.open_keys(&key)?;
+        let cache_dir = a.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        let fetcher = Arc::new(ChunkFetcher::new(
+            Arc::clone(&ctx.store),
+            FetcherConfig {
+                mem_bytes: a.cache_mem,
+                disk: (a.cache_disk > 0).then(|| (cache_dir.clone(), a.cache_disk)),
+                demand_fetches: a.fetch_concurrency.max(1),
+                prefetch_fetches: a.prefetch_concurrency.max(1),
+                origin_latency: a.origin_latency.unwrap_or_default(),
+                ..FetcherConfig::default()
+            },
+        ));
+        let overlay_dir = if a.read_only {
+            None
+        } else {
+            let dir = a.overlay_dir.clone().unwrap_or_else(|| {
+                settings::xdg_dir("XDG_STATE_HOME", ".local/state")
+                    .join("lazyblock/overlays")
+                    .join(r.tenant.as_str())
+                    .join(image.name())
+                    .join(image.tag())
+            });
+            if a.discard_overlay {
+                lazyblock_agent::overlay::Overlay::discard(&dir)?;
+            }
+            Some(dir)
+        };
+        let root = opened.entry.root.clone();
+        let manifest_id = opened.manifest.id();
+        let source = Arc::new(BlockSource::new(
+            opened.manifest,
+            keys,
+            root.clone(),
+            Arc::clone(&fetcher),
+            SourceConfig {
+                read_only: a.read_only,
+                overlay_dir,
+                readahead: !a.no_readahead,
+                record_profile: a.record_profile,
+                ..SourceConfig::default()
+            },
+        )?);
+        if let Some(o) = source.overlay() {
+            info!(
+                dir = %o.dir().display(),
+                pages = o.pages(),
+                "overlay open"
+            );
+        }
+        if !fetcher.has_disk_tier() && a.cache_disk > 0 {
+            warn!(dir = %cache_dir.display(), "running without a disk cache");
+        }
+        if !a.record_profile && !a.no_profile {
+            match ctx.store.get_profile(&root, &manifest_id).await {
+                Ok(bytes) => match Profile::decode(&bytes) {
+                    Ok(p) if p.manifest == manifest_id => {
+                        let n = source.replay_profile(&p.chunks, a.prefetch_concurrency);
+                        info!(chunks = n, "replaying start-up profile");
+                    }
+                    Ok(_) => warn!("start-up profile belongs to another manifest; ignored"),
+                    Err(e) => warn!("start-up profile ignored: {e}"),
+                },
+                Err(e) if e.kind() == StoreErrorKind::NotFound => {
+                    info!("no start-up profile recorded for this image");
+                }
+                Err(e) => warn!("start-up profile not fetched: {e}"),
+            }
+        }
+        let agent = Arc::new(Self {
+            image,
+            source,
+            store: Arc::clone(&ctx.store),
+            record: a
+                .record_profile
+                .then(|| (Instant::now(), a.profile_idle, a.profile_limit)),
+            profile_saved: std::sync::atomic::AtomicBool::new(false),
+        });
+        if let Some((started, idle, limit)) = agent.record {
+            let this = Arc::clone(&agent);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    let src = &this.source;
+                    let idle_done = src.chunks_read() > 0 && src.idle_for() >= idle;
+                    if idle_done || started.elapsed() >= limit {
+                        if let Err(e) = this.save_profile().await {
+                            warn!("{e:#}");
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+        if let Some(addr) = &a.metrics_addr {
+            spawn_metrics(
+                addr,
+                Arc::clone(agent.source.metrics()),
+                agent.image.to_string(),
+            )
+            .await?;
+        }
+        Ok(agent)
+    }
+
+    /// Stores the recorded profile (once).
+    pub(crate) async fn save_profile(&self) -> Result<()> {
+        if self.record.is_none()
+            || self
+                .profile_saved
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Ok(());
+        }
+        let chunks = self.source.finish_recording();
+        let m = self.source.manifest();
+        let profile = Profile {
+            manifest: m.id(),
+            chunks,
+        };
+        let n = profile.chunks.len();
+        self.store
+            .put_profile(
+                &m.header().root,
+                &m.id(),
+                bytes::Bytes::from(profile.encode()),
+            )
+            .await
+            .context("cannot store the start-up profile")?;
+        info!(chunks = n, "start-up profile stored");
+        eprintln!(
+            "lazyblock: recorded a start-up profile of {n} chunks for {}",
+            self.image
+        );
+        Ok(())
+    }
+
+    /// Saves a pending profile and prints the summary line.
+    pub(crate) async fn finish(&self) {
+        if let Err(e) = self.save_profile().await {
+            warn!("{e:#}");
+        }
+        eprintln!(
+            "lazyblock: {}: {}",
+            self.image,
+            self.source.metrics().summary()
+        );
+    }
+
+    pub(crate) fn device(&self) -> Arc<SourceDevice> {
+        Arc::new(SourceDevice(Arc::clone(&self.source)))
+    }
+}
+
+/// Serves `GET /metrics` in the Prometheus text format on `addr`.
+async fn spawn_metrics(addr: &str, metrics: Arc<DeviceMetrics>, device: String) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    info!(addr = %addr, "metrics on http://{addr}/metrics");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = Arc::clone(&metrics);
+            let device = device.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]);
+                let (status, body) = if req.starts_with("GET /metrics") {
+                    ("200 OK", render_prometheus(&[(device, &metrics)]))
+                } else {
+                    ("404 Not Found", "try /metrics\n".to_owned())
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+/// `lazyblock serve`.
+#[derive(Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// Image reference, name:tag
+    image: String,
+    /// Where to serve NBD: unix:<socket path> or tcp:<host>:<port>
+    #[arg(long)]
+    nbd: String,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+pub(crate) async fn cmd_serve(r: &Resolved, a: &ServeArgs) -> Result<()> {
+    let addr: lazyblock_agent::nbd::NbdAddr = a.nbd.parse().map_err(|e| anyhow!("--nbd: {e}"))?;
+    let agent = Agent::start(r, &a.image, &a.agent).await?;
+    let listener = lazyblock_agent::nbd::NbdListener::bind(&addr).await?;
+    let export = lazyblock_agent::nbd::NbdExport {
+        name: agent.image.to_string(),
+        description: format!("lazyblock {}", agent.image),
+        device: agent.device(),
+    };
+    eprintln!(
+        "lazyblock: serving {} ({} bytes{}) at {}",
+        agent.image,
+        export.device.size(),
+        if export.device.read_only() {
+            ", read-only"
+        } else {
+            ""
+        },
+        listener.local_addr().uri()
+    );
+    lazyblock_agent::nbd::serve(listener, export, async {
+        crate::interrupted().await;
+    })
+    .await;
+    agent.finish().await;
+    Ok(())
+}
+
+/// `lazyblock mount`.
+#[derive(Args, Debug)]
+pub(crate) struct MountArgs {
+    /// Image reference, name:tag
+    image: String,
+    /// Directory to mount the image's ext4 filesystem at (created if missing)
+    dir: PathBuf,
+    /// Stay in the foreground and serve until unmounted (default: start a background agent
+    /// and return once mounted)
+    #[arg(long)]
+    foreground: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// `/run/lazyblock/mounts/<hash of the directory>`: the FUSE mount point, agent pid and log.
+fn mount_state_dir(dir: &Path) -> PathBuf {
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        dir.as_os_str().as_encoded_bytes(),
+    );
+    let base = std::env::var_os("LAZYBLOCK_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/lazyblock"));
+    base.join("mounts").join(hex_prefix(digest.as_ref()))
+}
+
+fn hex_prefix(b: &[u8]) -> String {
+    b.iter().take(8).map(|x| format!("{x:02x}")).collect()
+}
+
+fn is_mountpoint(dir: &Path) -> bool {
+    lazyblock_agent::loopdev::mounts()
+        .map(|all| all.iter().any(|m| m.mountpoint == dir))
+        .unwrap_or(false)
+}
+
+pub(crate) async fn cmd_mount(r: &Resolved, a: &MountArgs, argv: &[String]) -> Result<()> {
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create mount directory {}", a.dir.display()))?;
+    let dir = a
+        .dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", a.dir.display()))?;
+    if is_mountpoint(&dir) {
+        bail!("{} is already a mount point", dir.display());
+    }
+    let state = mount_state_dir(&dir);
+    if a.foreground {
+        return mount_foreground(r, a, &dir, &state).await;
+    }
+    // Background agent: this binary with the same arguments plus --foreground, detached from
+    // the terminal's process group, logging to the state directory.
+    std::fs::create_dir_all(&state)
+        .with_context(|| format!("cannot create {}", state.display()))?;
+    let log_path = state.join("agent.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&argv[1..])
+        .arg("--foreground")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().context("cannot start the background agent")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if is_mountpoint(&dir) {
+            eprintln!(
+                "lazyblock: mounted {} at {} (agent pid {}, log {})",
+                a.image,
+                dir.display(),
+                child.id(),
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("error:"))
+                .or_else(|| text.lines().last())
+                .unwrap_or("no output");
+            bail!(
+                "the agent exited ({status}) before {} was mounted: {}",
+                dir.display(),
+                last.trim_start_matches("error: ")
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("{} was not mounted within 120 s", dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn mount_foreground(r: &Resolved, a: &MountArgs, dir: &Path, state: &Path) -> Result<()> {
+    let agent = Agent::start(r, &a.image, &a.agent).await?;
+    let fuse_dir = state.join("fuse");
+    std::fs::create_dir_all(&fuse_dir)
+        .with_context(|| format!("cannot create {}", fuse_dir.display()))?;
+    std::fs::write(state.join("agent.pid"), std::process::id().to_string())?;
+    let read_only = agent.source.overlay().is_none();
+    let mut fuse = lazyblock_agent::fuse::mount_device(
+        agent.device(),
+        &fuse_dir,
+        "image",
+        tokio::runtime::Handle::current(),
+    )?;
+    let file = fuse.file_path().to_path_buf();
+    let stacked = tokio::task::spawn_blocking({
+        let dir = dir.to_path_buf();
+        move || -> Result<lazyblock_agent::loopdev::LoopDevice> {
+            let dev = lazyblock_agent::loopdev::attach(&file, read_only)?;
+            if let Err(e) = lazyblock_agent::loopdev::mount_ext4(dev.path(), &dir, read_only) {
+                let _ = dev.detach();
+                return Err(e.into());
+            }
+            Ok(dev)
+        }
+    })
+    .await?;
+    let dev = match stacked {
+        Ok(dev) => dev,
+        Err(e) => {
+            let _ = fuse.unmount();
+            return Err(e);
+        }
+    };
+    info!(dir = %dir.display(), loop_device = %dev.path().display(), "mounted");
+    // Serve until someone unmounts the FUSE file system (lazyblock umount) or a signal.
+    let unmounter = fuse.unmounter();
+    let waiter = tokio::task::spawn_blocking(move || fuse.wait());
+    tokio::select! {
+        _ = waiter => {}
+        _ = crate::interrupted() => {
+            warn!("signal: tearing down {}", dir.display());
+            let dir = dir.to_path_buf();
+            let _ = tokio::task::spawn_blocking(move || teardown(&dir)).await;
+            let _ = unmounter.unmount();
+        }
+    }
+    agent.finish().await;
+    let _ = std::fs::remove_file(state.join("agent.pid"));
+    Ok(())
+}
+
+fn teardown(dir: &Path) -> Result<()> {
+    match lazyblock_agent::loopdev::find_stack(dir)? {
+        Some(stack) => {
+            stack.teardown()?;
+            Ok(())
+        }
+        None => bail!("{} is not mounted by lazyblock", dir.display()),
+    }
+}
+
+/// Whether `pid` runs (a zombie nobody reaped counts as gone).
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// `lazyblock umount`.
+#[derive(Args, Debug)]
+pub(crate) struct UmountArgs {
+    /// The directory given to `lazyblock mount`
+    dir: PathBuf,
+}
+
+pub(crate) async fn cmd_umount(a: &UmountArgs) -> Result<()> {
+    let dir = a
+        .dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", a.dir.display()))?;
+    let state = mount_state_dir(&dir);
+    let pid: Option<i32> = std::fs::read_to_string(state.join("agent.pid"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok());
+    let d2 = dir.clone();
+    tokio::task::spawn_blocking(move || teardown(&d2)).await??;
+    // Wait for the agent to save its profile and print its summary.
+    if let Some(pid) = pid {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while process_alive(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Ok(log) = std::fs::read_to_string(state.join("agent.log")) {
+            if let Some(line) = log.lines().rev().find(|l| l.starts_with("lazyblock: ")) {
+                eprintln!("{line}");
+            }
+        }
+    }
+    eprintln!("lazyblock: unmounted {}", dir.display());
+    Ok(())
+}
