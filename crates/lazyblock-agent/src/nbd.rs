@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use lazyblock_nbd::handshake::{
     self, decode_client_flags, decode_option, encode_ack, encode_error, encode_export_name_reply,
-    encode_go_replies, encode_server, rep, BlockSize, ClientFlags, ClientOption, ExportInfo,
-    DEFAULT_MAX_OPTION_LEN,
+    encode_go_replies, encode_server_with_description, rep, BlockSize, ClientFlags, ClientOption,
+    ExportInfo, DEFAULT_MAX_OPTION_LEN,
 };
 use lazyblock_nbd::transmission::{
     cmd_flags, encode_simple_reply, errno, tx_flags, validate, Command, ExportLimits, Request,
@@ -697,7 +697,12 @@ where
                 return Ok(false);
             }
             ClientOption::List => {
-                encode_server(code, &shared.export.name, &mut out);
+                encode_server_with_description(
+                    code,
+                    &shared.export.name,
+                    &shared.export.description,
+                    &mut out,
+                );
                 encode_ack(code, &mut out);
             }
             ClientOption::Info(req) | ClientOption::Go(req) => {
