@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use lazyblock_agent::device::MemDevice;
 use lazyblock_agent::{
-    serve_with_options, BlockDevice, NbdAddr, NbdExport, NbdListener, NbdServerErrorKind,
-    ServeOptions,
+    serve_with_options, BlockDevice, DeviceError, DeviceErrorKind, NbdAddr, NbdExport, NbdListener,
+    NbdServerErrorKind, ServeOptions,
 };
 use lazyblock_nbd::handshake::{
     self, decode_option_reply, encode_option, info, opt, rep, ClientOption, InfoRequest,
@@ -62,6 +62,17 @@ impl TestServer {
     }
 
     fn start_with(data: Vec<u8>, read_only: bool, tcp: bool, options: ServeOptions) -> Self {
+        Self::start_wrapped(data, read_only, tcp, options, |device| device)
+    }
+
+    /// Serves `wrap(MemDevice)`; `device` stays the inner `MemDevice`.
+    fn start_wrapped(
+        data: Vec<u8>,
+        read_only: bool,
+        tcp: bool,
+        options: ServeOptions,
+        wrap: fn(Arc<MemDevice>) -> Arc<dyn BlockDevice>,
+    ) -> Self {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = if tcp {
@@ -73,7 +84,7 @@ impl TestServer {
         let export = NbdExport {
             name: EXPORT.to_owned(),
             description: DESCRIPTION.to_owned(),
-            device: device.clone(),
+            device: wrap(device.clone()),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -870,7 +881,6 @@ fn addresses_parse() {
     }
 }
 
-/// Keeps `BlockDevice` in scope for `device.size()` in the export's Debug output.
 #[test]
 fn export_debug_shows_size() {
     let device: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(vec![0; 4096], true));
@@ -883,5 +893,78 @@ fn export_debug_shows_size() {
     assert!(
         text.contains("size: 4096") && text.contains("read_only: true"),
         "{text}"
+    );
+}
+
+/// A device whose reads of [`FAIL_AT`] fail with `Io`, whose reads of [`SHORT_AT`] return too
+/// few bytes, and whose writes there fail with `NoSpace`.
+struct FaultyDevice(Arc<MemDevice>);
+
+const FAIL_AT: u64 = 3 << 20;
+const SHORT_AT: u64 = 2 << 20;
+
+#[async_trait::async_trait]
+impl BlockDevice for FaultyDevice {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_only(&self) -> bool {
+        self.0.read_only()
+    }
+    async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, DeviceError> {
+        match offset {
+            FAIL_AT => Err(DeviceError::new(DeviceErrorKind::Io, "origin unreachable")),
+            SHORT_AT => Ok(vec![0; len / 2]),
+            _ => self.0.read(offset, len).await,
+        }
+    }
+    async fn write(&self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        if offset == FAIL_AT {
+            return Err(DeviceError::new(DeviceErrorKind::NoSpace, "overlay full"));
+        }
+        self.0.write(offset, data).await
+    }
+    async fn flush(&self) -> Result<(), DeviceError> {
+        self.0.flush().await
+    }
+    async fn trim(&self, offset: u64, len: u64) -> Result<(), DeviceError> {
+        self.0.trim(offset, len).await
+    }
+}
+
+#[test]
+fn device_errors_are_answered_with_their_errno() {
+    let data = content(10);
+    let server =
+        TestServer::start_wrapped(data.clone(), false, false, ServeOptions::default(), |mem| {
+            Arc::new(FaultyDevice(mem))
+        });
+    let (mut client, _, _) = RawClient::connect_go(&server.socket());
+    client.send(cmd::READ, 0, 1, FAIL_AT, 4096, None);
+    assert_eq!(client.reply(), (errno::EIO, 1));
+    // A device returning the wrong length must not desynchronise the stream.
+    client.send(cmd::READ, 0, 2, SHORT_AT, 4096, None);
+    assert_eq!(client.reply(), (errno::EIO, 2));
+    client.send(cmd::WRITE, 0, 3, FAIL_AT, 16, Some(&[7; 16]));
+    assert_eq!(client.reply(), (errno::ENOSPC, 3));
+    assert_eq!(client.read(4, 100, 100), data[100..200]);
+    // qemu-img sees the failure as an I/O error.
+    let out = run(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            "-c",
+            &format!("read {FAIL_AT} 4096"),
+            &server.uri(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Input/output error"), "{text}");
+    assert_same(
+        &server.device.contents(),
+        &data,
+        "device after failed write",
     );
 }
