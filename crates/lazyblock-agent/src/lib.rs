@@ -8,6 +8,7 @@
 //!   origin fetches with demand and prefetch priorities, verification.
 //! - [`overlay`]: the copy-on-write overlay of guest writes, on local disk.
 //! - [`metrics`]: per-device counters and histograms, Prometheus text.
+//! - [`nbd`]: the NBD frontend, an async server serving one [`BlockDevice`] as an NBD export.
 //!
 //! A frontend (NBD, FUSE) knows nothing of chunks, manifests or caches: it turns its protocol's
 //! requests into [`BlockDevice`] calls and their errors into the protocol's errno.
@@ -15,8 +16,13 @@
 pub mod device;
 pub mod fetch;
 pub mod metrics;
+pub mod nbd;
 pub mod overlay;
 pub mod source;
 
 pub use device::{BlockDevice, DeviceError, DeviceErrorKind};
+pub use nbd::{
+    serve, serve_with_options, NbdAddr, NbdExport, NbdListener, NbdServerError, NbdServerErrorKind,
+    ServeOptions,
+};
 pub use source::{BlockSource, SourceConfig, SourceDevice};

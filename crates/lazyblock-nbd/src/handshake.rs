@@ -162,7 +162,7 @@ pub enum ClientOption {
     ExportName(String),
     /// `NBD_OPT_ABORT`: answer [`encode_ack`] (optional) and close.
     Abort,
-    /// `NBD_OPT_LIST`: answer one [`encode_server`] per export, then [`encode_ack`].
+    /// `NBD_OPT_LIST`: answer one [`encode_server`] (or [`encode_server_with_description`]) per export, then [`encode_ack`].
     List,
     /// `NBD_OPT_INFO`: answer [`encode_go_replies`] (or an error), stay in haggling.
     Info(InfoRequest),
@@ -328,9 +328,21 @@ pub fn encode_ack(option: u32, out: &mut Vec<u8>) {
 
 /// Encodes `NBD_REP_SERVER` (one export of `NBD_OPT_LIST`): name length, name.
 pub fn encode_server(option: u32, name: &str, out: &mut Vec<u8>) {
-    let mut data = Vec::with_capacity(4 + name.len());
+    encode_server_with_description(option, name, "", out);
+}
+
+/// Encodes `NBD_REP_SERVER` with a human-readable description after the name (the rest of
+/// the reply data, as the protocol allows; `nbdinfo --list` shows it).
+pub fn encode_server_with_description(
+    option: u32,
+    name: &str,
+    description: &str,
+    out: &mut Vec<u8>,
+) {
+    let mut data = Vec::with_capacity(4 + name.len() + description.len());
     data.extend_from_slice(&(name.len() as u32).to_be_bytes());
     data.extend_from_slice(name.as_bytes());
+    data.extend_from_slice(description.as_bytes());
     encode_option_reply(option, rep::SERVER, &data, out);
 }
 

@@ -3,8 +3,9 @@
 
 use lazyblock_nbd::handshake::{
     self, decode_client_flags, decode_option, encode_ack, encode_error, encode_export_name_reply,
-    encode_go_replies, encode_info, encode_option, encode_server, info, opt, rep, server_greeting,
-    BlockSize, ClientFlags, ClientOption, ExportInfo, Info, InfoRequest, DEFAULT_MAX_OPTION_LEN,
+    encode_go_replies, encode_info, encode_option, encode_server, encode_server_with_description,
+    info, opt, rep, server_greeting, BlockSize, ClientFlags, ClientOption, ExportInfo, Info,
+    InfoRequest, DEFAULT_MAX_OPTION_LEN,
 };
 use lazyblock_nbd::transmission::{
     cmd, cmd_flags, decode_request, encode_simple_reply, errno, tx_flags, validate, Command,
@@ -211,6 +212,15 @@ fn option_replies() {
         out,
         hex(&format!(
             "{REPLY_MAGIC} 00000003 00000002 00000008 00000004 64697363"
+        ))
+    );
+
+    out.clear();
+    encode_server_with_description(opt::LIST, "disc", "ab", &mut out);
+    assert_eq!(
+        out,
+        hex(&format!(
+            "{REPLY_MAGIC} 00000003 00000002 0000000a 00000004 64697363 6162"
         ))
     );
 
