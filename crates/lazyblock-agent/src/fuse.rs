@@ -8,7 +8,7 @@
 //!
 //! The FUSE thread never waits on the device: every read, write and flush is a task on the
 //! tokio runtime given to [`mount_device`], and the task replies (fuser's replies are `Send`).
-//! Device errors become their kind's errno ([`DeviceErrorKind::errno`]).
+//! Device errors become their kind's errno ([`DeviceErrorKind::errno`](crate::DeviceErrorKind::errno)).
 //!
 //! # Choices for a loop device on top
 //!
