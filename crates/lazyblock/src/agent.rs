@@ -17,7 +17,7 @@ use lazyblock_agent::metrics::{render_prometheus, DeviceMetrics};
 use lazyblock_agent::source::{BlockSource, SourceConfig, SourceDevice};
 use lazyblock_format::{ImageRef, Profile};
 use lazyblock_image::open_image;
-use lazyblock_keys::{KeyAccess, KeyProvider};
+use lazyblock_keys::KeyAccess;
 use lazyblock_store::StoreErrorKind;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{info, warn};
