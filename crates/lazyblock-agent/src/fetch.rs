@@ -44,8 +44,6 @@ pub struct FetcherConfig {
     pub prefetch_fetches: usize,
     /// An origin fetch that takes longer fails (the store's own retries happen inside it).
     pub origin_timeout: Duration,
-    /// Added before every origin request: to model a remote origin in benchmarks.
-    pub origin_latency: Duration,
 }
 
 impl Default for FetcherConfig {
@@ -54,9 +52,8 @@ impl Default for FetcherConfig {
             mem_bytes: 256 << 20,
             disk: None,
             demand_fetches: 64,
-            prefetch_fetches: 16,
+            prefetch_fetches: 32,
             origin_timeout: Duration::from_secs(60),
-            origin_latency: Duration::ZERO,
         }
     }
 }
@@ -345,12 +342,7 @@ impl ChunkFetcher {
     ) -> Result<Bytes, FetchError> {
         let _permit = self.permit(priority, &urgent).await;
         let started = Instant::now();
-        let fetch = async {
-            if !self.config.origin_latency.is_zero() {
-                tokio::time::sleep(self.config.origin_latency).await;
-            }
-            self.origin.get_chunk(&req.root, &req.name).await
-        };
+        let fetch = self.origin.get_chunk(&req.root, &req.name);
         let fail = |corrupt: bool, message: String| {
             metrics.origin_errors.fetch_add(1, Ordering::Relaxed);
             warn!(chunk = %req.name.short(), "{message}");

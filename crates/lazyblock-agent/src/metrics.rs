@@ -131,6 +131,17 @@ impl Histogram {
             .sum()
     }
 
+    /// The non-empty buckets as `(largest value in ns, count)`, smallest first: enough to draw
+    /// an eCDF.
+    pub fn buckets(&self) -> Vec<(u64, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (bucket_upper(i), c.load(Ordering::Relaxed)))
+            .filter(|(_, c)| *c > 0)
+            .collect()
+    }
+
     /// Adds every bucket of `other` into `self`.
     pub fn merge_from(&self, other: &Histogram) {
         for (a, b) in self.counts.iter().zip(&other.counts) {

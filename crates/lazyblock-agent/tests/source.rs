@@ -231,6 +231,7 @@ impl Fixture {
 fn ro() -> SourceConfig {
     SourceConfig {
         readahead: false,
+        neighbor_chunks: 0,
         ..SourceConfig::default()
     }
 }
@@ -240,6 +241,7 @@ fn rw(dir: &Path) -> SourceConfig {
         read_only: false,
         overlay_dir: Some(dir.to_path_buf()),
         readahead: false,
+        neighbor_chunks: 0,
         ..SourceConfig::default()
     }
 }
@@ -449,6 +451,7 @@ async fn readahead_runs_ahead_of_sequential_reads_only() {
     let on = SourceConfig {
         readahead: true,
         readahead_max_chunks: 4,
+        neighbor_chunks: 0,
         ..SourceConfig::default()
     };
     // Random 4 KiB reads: no read-ahead, nothing fetched that was not read.
@@ -476,10 +479,44 @@ async fn readahead_runs_ahead_of_sequential_reads_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_read_of_a_chunk_prefetches_its_neighbour() {
+    let f = fixture().await;
+    let cfg = SourceConfig {
+        readahead: false,
+        neighbor_chunks: 2,
+        ..SourceConfig::default()
+    };
+    let dev = SourceDevice(f.source(f.fetcher(None), cfg).await);
+    dev.read(10 * CHUNK + 5, 100).await.expect("read");
+    dev.read(10 * CHUNK + 500, 100)
+        .await
+        .expect("same chunk again");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = dev.0.metrics();
+    // Chunk 10 on demand, 11 and 12 prefetched once, even though chunk 10 was read twice.
+    assert_eq!(m.origin_chunks.load(Ordering::Relaxed), 3);
+    assert_eq!(m.prefetched_chunks.load(Ordering::Relaxed), 2);
+    // Reading 11 now hits memory and prefetches only 13 (12 is already there).
+    dev.read(11 * CHUNK, 4096).await.expect("read");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        m.hits(lazyblock_agent::metrics::Tier::Memory),
+        2,
+        "chunk 10 again, then 11"
+    );
+    assert_eq!(m.origin_chunks.load(Ordering::Relaxed), 4);
+    // Zero chunks (3, 4) are never fetched: reading 2 prefetches nothing.
+    dev.read(2 * CHUNK, 4096).await.expect("read");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(m.origin_chunks.load(Ordering::Relaxed), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recorded_profile_replays_into_the_cache() {
     let f = fixture().await;
     let rec = SourceConfig {
         readahead: false,
+        neighbor_chunks: 0,
         record_profile: true,
         ..SourceConfig::default()
     };

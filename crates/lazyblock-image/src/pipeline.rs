@@ -517,6 +517,8 @@ pub struct ExportReport {
     pub image_size: u64,
     /// Chunks fetched from the store.
     pub chunks_fetched: u64,
+    /// Bytes of the chunks fetched.
+    pub bytes_fetched: u64,
     /// Zero chunks left as holes.
     pub chunks_zero: u64,
     /// Wall time.
@@ -601,6 +603,7 @@ pub async fn export(
     Ok(ExportReport {
         image_size: geometry.image_size(),
         chunks_fetched: fetched,
+        bytes_fetched: geometry.image_size() - zero_bytes,
         chunks_zero: zero,
         elapsed: started.elapsed(),
     })

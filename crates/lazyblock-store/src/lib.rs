@@ -12,11 +12,13 @@
 //! makes harmless. HTTP requests are retried with exponential backoff by `object_store`'s client,
 //! bounded in count and time (see [`StoreConfig`]).
 
+mod delayed;
 mod error;
 mod layout;
 mod object;
 pub mod testing;
 
+pub use delayed::DelayedStore;
 pub use error::{StoreError, StoreErrorKind};
 pub use layout::Layout;
 pub use object::{s3_options_from_vars, ObjectChunkStore, StoreConfig, StoreLocation};

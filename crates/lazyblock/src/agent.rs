@@ -51,9 +51,9 @@ pub(crate) struct AgentArgs {
     #[arg(long, default_value_t = 64)]
     pub(crate) fetch_concurrency: usize,
     /// Origin fetches in flight for read-ahead and profile replay
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 32)]
     pub(crate) prefetch_concurrency: usize,
-    /// Turn off sequential read-ahead
+    /// Fetch only chunks the guest reads: no sequential read-ahead, no neighbour prefetch
     #[arg(long)]
     pub(crate) no_readahead: bool,
     /// Do not replay the image's recorded start-up profile
@@ -115,7 +115,10 @@ impl Agent {
     /// Opens the image and sets up cache, overlay and profile replay.
     pub(crate) async fn start(r: &Resolved, image: &str, a: &AgentArgs) -> Result<Arc<Self>> {
         let image = ImageRef::parse(image)?;
-        let ctx = context(r, false)?;
+        let mut ctx = context(r, false)?;
+        if let Some(delay) = a.origin_latency {
+            ctx.store = Arc::new(lazyblock_store::DelayedStore::new(ctx.store, delay));
+        }
         let opened = open_image(&ctx, &image).await?;
         let key = ctx
             .keys
@@ -130,7 +133,6 @@ impl Agent {
                 disk: (a.cache_disk > 0).then(|| (cache_dir.clone(), a.cache_disk)),
                 demand_fetches: a.fetch_concurrency.max(1),
                 prefetch_fetches: a.prefetch_concurrency.max(1),
-                origin_latency: a.origin_latency.unwrap_or_default(),
                 ..FetcherConfig::default()
             },
         ));
@@ -160,6 +162,7 @@ impl Agent {
                 read_only: a.read_only,
                 overlay_dir,
                 readahead: !a.no_readahead,
+                neighbor_chunks: if a.no_readahead { 0 } else { 1 },
                 record_profile: a.record_profile,
                 ..SourceConfig::default()
             },

@@ -17,6 +17,8 @@ use crate::Resolved;
 
 #[path = "bench_flatten.rs"]
 mod bench_flatten;
+#[path = "bench_start.rs"]
+mod bench_start;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum BenchCommand {
@@ -26,6 +28,9 @@ pub(crate) enum BenchCommand {
     /// Flatten the OCI corpus (scripts/make-corpus.sh) to ext4: dedup between parent and child
     /// images, throughput and peak RSS, against `mke2fs -d` measured in the same run
     Flatten(bench_flatten::BenchFlattenArgs),
+    /// Container start from on-demand images (cold, cold with a profile, warm) against a full
+    /// pull and the image as a local file, on corpus workloads; needs root and the corpus
+    Start(bench_start::BenchStartArgs),
 }
 
 #[derive(Args, Debug)]
@@ -48,6 +53,7 @@ pub(crate) async fn run(r: &Resolved, cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Build(a) => bench_build(r, a).await,
         BenchCommand::Flatten(a) => bench_flatten::run(a).await,
+        BenchCommand::Start(a) => bench_start::run(a.clone()).await,
     }
 }
 

@@ -1,0 +1,710 @@
+//! `lazyblock bench start`: container start time from on-demand images, against a full pull
+//! and a local file measured in the same run.
+//!
+//! For each workload (an image of the corpus and a command), in one run:
+//! - (d) the raw image as a local file, loop-mounted: the floor;
+//! - (c) full pull: fetch every chunk from the origin into a local file, then mount and run;
+//! - cold, no read-ahead: lazyblock with an empty worker cache, read-ahead off (shows it fetches
+//!   only what the guest reads);
+//! - (a) cold: empty worker cache, read-ahead on, no profile; this run records the profile;
+//! - (a') cold + profile: empty worker cache, the recorded profile replayed;
+//! - (b) warm: the worker cache's disk tier hot from the run before, a fresh agent.
+//!
+//! Every lazyblock run is a fresh agent in this process: the image is opened (catalog and
+//! manifest from the origin), served as a file through FUSE, loop-mounted read-only, and the
+//! command runs in a chroot of the mount. The origin is the store given by `--origin` (an
+//! S3-compatible server) or a fresh local store, with `--latency` added to every read request.
+//! The time of a run is from opening the image (or starting the pull) to the command's exit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use lazyblock_agent::fetch::{ChunkFetcher, FetcherConfig};
+use lazyblock_agent::loopdev;
+use lazyblock_agent::metrics::{human_bytes, Histogram, Tier};
+use lazyblock_agent::source::{BlockSource, SourceConfig, SourceDevice};
+use lazyblock_format::{ImageRef, Profile, TenantId};
+use lazyblock_image::{open_image, BuildOptions, Context, NoProgress};
+use lazyblock_keys::{KeyAccess, LocalKeyring};
+use lazyblock_store::{ChunkStore, DelayedStore};
+
+use crate::agent::parse_duration;
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct BenchStartArgs {
+    /// Corpus directory made by scripts/make-corpus.sh (it holds the OCI layout `oci/`)
+    #[arg(long, default_value = "/var/tmp/lazyblock-corpus")]
+    corpus: PathBuf,
+    /// Workloads to run, comma separated: numpy (`python3 -c 'import numpy'`), node
+    /// (`node -e 1`), flask (the flask app's import)
+    #[arg(long, default_value = "numpy,node,flask", value_delimiter = ',')]
+    workloads: Vec<String>,
+    /// Latency added to every origin read request
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    latency: Duration,
+    /// Origin store URL, e.g. s3://bucket/prefix on an S3-compatible server (AWS_* variables
+    /// configure it) [default: a fresh local store in the work directory]
+    #[arg(long)]
+    origin: Option<String>,
+    /// Repetitions of each scenario; the median is reported
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Origin fetches in flight, for lazyblock's demand fetches and for the full pull
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Where to write the eCDF plot of read latency per tier (SVG)
+    #[arg(long, default_value = "bench-start-ecdf.svg")]
+    plot: PathBuf,
+    /// Work directory [default: a fresh temporary directory under /var/tmp, removed after]
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the results as JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+struct Workload {
+    key: &'static str,
+    tag: &'static str,
+    command: &'static str,
+}
+
+const WORKLOADS: [Workload; 3] = [
+    Workload {
+        key: "numpy",
+        tag: "python3-numpy-pandas",
+        command: "python3 -c 'import numpy'",
+    },
+    Workload {
+        key: "node",
+        tag: "nodejs",
+        command: "node -e 1",
+    },
+    Workload {
+        key: "flask",
+        tag: "python3-numpy-pandas-flaskapp",
+        command: "cd /app && python3 -c 'import app; print(app.index())'",
+    },
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scenario {
+    Raw,
+    FullPull,
+    ColdNoReadahead,
+    Cold,
+    ColdProfile,
+    Warm,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 6] = [
+        Scenario::Raw,
+        Scenario::FullPull,
+        Scenario::ColdNoReadahead,
+        Scenario::Cold,
+        Scenario::ColdProfile,
+        Scenario::Warm,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Scenario::Raw => "(d) local file",
+            Scenario::FullPull => "(c) full pull",
+            Scenario::ColdNoReadahead => "cold, no read-ahead",
+            Scenario::Cold => "(a) cold",
+            Scenario::ColdProfile => "(a) cold + profile",
+            Scenario::Warm => "(b) warm",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Scenario::Raw => "raw",
+            Scenario::FullPull => "full_pull",
+            Scenario::ColdNoReadahead => "cold_no_readahead",
+            Scenario::Cold => "cold",
+            Scenario::ColdProfile => "cold_profile",
+            Scenario::Warm => "warm",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct RunResult {
+    seconds: f64,
+    origin_chunks: u64,
+    origin_bytes: u64,
+    origin_requests: u64,
+    guest_chunks: u64,
+    prefetched: u64,
+    tier_hits: [u64; 4],
+}
+
+/// Latency histograms merged over every lazyblock run, by tier.
+#[derive(Default)]
+struct Latencies {
+    tiers: [Histogram; 4],
+}
+
+struct Bench {
+    args: BenchStartArgs,
+    work: PathBuf,
+    ctx: Context,
+    slow_store: Arc<dyn ChunkStore>,
+    latencies: Latencies,
+}
+
+pub(crate) async fn run(args: BenchStartArgs) -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("bench start needs root: it mounts FUSE and loop devices");
+    }
+    let oci = args.corpus.join("oci");
+    if !oci.join("index.json").exists() {
+        bail!(
+            "{} is not a corpus: build one with `sudo scripts/make-corpus.sh {}`",
+            args.corpus.display(),
+            args.corpus.display()
+        );
+    }
+    let workloads: Vec<&Workload> = args
+        .workloads
+        .iter()
+        .map(|k| {
+            WORKLOADS
+                .iter()
+                .find(|w| w.key == k.as_str())
+                .with_context(|| format!("unknown workload {k:?}: use numpy, node or flask"))
+        })
+        .collect::<Result<_>>()?;
+    let (work, _guard) = crate::bench::work_dir(args.dir.as_deref(), "lazyblock-bench-start-")?;
+    let store_url = args
+        .origin
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", work.join("store").display()));
+    let store = crate::open_store(&store_url, true)?;
+    store.check().await?;
+    let ctx = Context {
+        store: Arc::clone(&store),
+        keys: Arc::new(LocalKeyring::new(work.join("keys"))),
+        tenant: TenantId::new("bench")?,
+        root: lazyblock_format::RootId::initial(),
+    };
+    let slow_store: Arc<dyn ChunkStore> = Arc::new(DelayedStore::new(store, args.latency));
+    let mut bench = Bench {
+        args,
+        work,
+        ctx,
+        slow_store,
+        latencies: Latencies::default(),
+    };
+    eprintln!(
+        "bench start: origin {} with {:?} per read request, {} fetches in flight, {} run(s) per scenario",
+        store_url, bench.args.latency, bench.args.concurrency, bench.args.runs
+    );
+    let mut all = Vec::new();
+    for w in workloads {
+        let results = bench.workload(w).await?;
+        all.push((w, results));
+    }
+    bench.report(&all)?;
+    Ok(())
+}
+
+fn median(mut v: Vec<RunResult>) -> RunResult {
+    v.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    v.get(v.len() / 2).cloned().unwrap_or_default()
+}
+
+impl Bench {
+    fn image_ref(&self, w: &Workload) -> Result<ImageRef> {
+        Ok(ImageRef::parse(&format!("{}:bench", w.tag))?)
+    }
+
+    fn slow_ctx(&self) -> Context {
+        Context {
+            store: Arc::clone(&self.slow_store),
+            ..self.ctx.clone()
+        }
+    }
+
+    async fn workload(&mut self, w: &Workload) -> Result<Vec<(Scenario, RunResult)>> {
+        let image = self.image_ref(w)?;
+        // Build the image from the corpus (not timed).
+        let spec = format!("oci:{}:{}", self.args.corpus.join("oci").display(), w.tag);
+        let chunk_size = lazyblock_format::ChunkSize::DEFAULT;
+        let source = crate::open_source(&spec, chunk_size, Some(self.work.clone())).await?;
+        let mut opts = BuildOptions::new(image.clone(), source.description, crate::now_unix_secs());
+        opts.image_config = source.image_config;
+        let t = Instant::now();
+        let report = lazyblock_image::build(
+            &self.ctx,
+            source.reader,
+            source.size,
+            &opts,
+            Arc::new(NoProgress),
+            &crate::system_random,
+        )
+        .await?;
+        eprintln!(
+            "bench start: {}: built {image} ({} MiB, {} chunks, {} zero) in {:.1} s",
+            w.key,
+            report.bytes_in >> 20,
+            report.chunks_total,
+            report.chunks_zero,
+            t.elapsed().as_secs_f64()
+        );
+        let raw = self.work.join(format!("{}.raw", w.key));
+        lazyblock_image::export(&self.ctx, &image, &raw, 16, Arc::new(NoProgress)).await?;
+        let mut results = Vec::new();
+        for scenario in Scenario::ALL {
+            let mut runs = Vec::new();
+            for run in 0..self.args.runs.max(1) {
+                let r = self.run_one(w, &image, &raw, scenario, run).await?;
+                eprintln!(
+                    "bench start: {:<6} {:<20} {:>7.3} s  origin {:>4} chunks {:>10}  guest read {:>4} chunks",
+                    w.key,
+                    scenario.label(),
+                    r.seconds,
+                    r.origin_chunks,
+                    human_bytes(r.origin_bytes),
+                    r.guest_chunks
+                );
+                runs.push(r);
+            }
+            results.push((scenario, median(runs)));
+        }
+        let _ = std::fs::remove_file(&raw);
+        Ok(results)
+    }
+
+    async fn run_one(
+        &mut self,
+        w: &Workload,
+        image: &ImageRef,
+        raw: &Path,
+        scenario: Scenario,
+        run: usize,
+    ) -> Result<RunResult> {
+        let mnt = self.work.join("mnt");
+        std::fs::create_dir_all(&mnt)?;
+        let cache = self.work.join(format!("cache-{}-{run}", w.key));
+        match scenario {
+            Scenario::Raw => {
+                let t = Instant::now();
+                let stack = mount_file(raw, &mnt).await?;
+                let outcome = run_command(&mnt, w.command).await;
+                let seconds = t.elapsed().as_secs_f64();
+                stack.teardown().await?;
+                outcome?;
+                Ok(RunResult {
+                    seconds,
+                    ..RunResult::default()
+                })
+            }
+            Scenario::FullPull => {
+                let file = self.work.join(format!("{}.pulled", w.key));
+                let t = Instant::now();
+                let report = lazyblock_image::export(
+                    &self.slow_ctx(),
+                    image,
+                    &file,
+                    self.args.concurrency,
+                    Arc::new(NoProgress),
+                )
+                .await?;
+                let stack = mount_file(&file, &mnt).await?;
+                let outcome = run_command(&mnt, w.command).await;
+                let seconds = t.elapsed().as_secs_f64();
+                stack.teardown().await?;
+                let _ = std::fs::remove_file(&file);
+                outcome?;
+                Ok(RunResult {
+                    seconds,
+                    origin_chunks: report.chunks_fetched,
+                    origin_bytes: report.bytes_fetched,
+                    origin_requests: report.chunks_fetched + 2,
+                    ..RunResult::default()
+                })
+            }
+            Scenario::ColdNoReadahead | Scenario::Cold | Scenario::ColdProfile | Scenario::Warm => {
+                if scenario != Scenario::Warm {
+                    // Cold: an empty worker cache. Warm reuses the one the run before filled.
+                    let _ = std::fs::remove_dir_all(&cache);
+                }
+                let lazy = LazyRun {
+                    readahead: scenario != Scenario::ColdNoReadahead,
+                    neighbors: if scenario == Scenario::ColdNoReadahead {
+                        0
+                    } else {
+                        1
+                    },
+                    record: scenario == Scenario::Cold,
+                    replay: matches!(scenario, Scenario::ColdProfile | Scenario::Warm),
+                };
+                self.run_lazy(w, image, &cache, &mnt, lazy).await
+            }
+        }
+    }
+
+    async fn run_lazy(
+        &mut self,
+        w: &Workload,
+        image: &ImageRef,
+        cache: &Path,
+        mnt: &Path,
+        lazy: LazyRun,
+    ) -> Result<RunResult> {
+        let ctx = self.slow_ctx();
+        let t = Instant::now();
+        let opened = open_image(&ctx, image).await?;
+        let key = ctx.keys.tenant_key(&ctx.tenant, KeyAccess::Existing)?;
+        let keys = opened.manifest.open_keys(&key)?;
+        let root = opened.entry.root.clone();
+        let manifest_id = opened.manifest.id();
+        let fetcher = Arc::new(ChunkFetcher::new(
+            Arc::clone(&ctx.store),
+            FetcherConfig {
+                disk: Some((cache.to_path_buf(), 10 << 30)),
+                demand_fetches: self.args.concurrency.max(1),
+                ..FetcherConfig::default()
+            },
+        ));
+        let source = Arc::new(BlockSource::new(
+            opened.manifest,
+            keys,
+            root.clone(),
+            fetcher,
+            SourceConfig {
+                read_only: true,
+                readahead: lazy.readahead,
+                neighbor_chunks: lazy.neighbors,
+                record_profile: lazy.record,
+                ..SourceConfig::default()
+            },
+        )?);
+        if lazy.replay {
+            // In the background, as the agent does: the profile GET must not delay the start.
+            let src = Arc::clone(&source);
+            let store = Arc::clone(&ctx.store);
+            tokio::spawn(async move {
+                if let Ok(bytes) = store.get_profile(&root, &manifest_id).await {
+                    if let Ok(p) = Profile::decode(&bytes) {
+                        if p.manifest == manifest_id {
+                            src.replay_profile(&p.chunks, 32);
+                        }
+                    }
+                }
+            });
+        }
+        let fuse_dir = self.work.join("fuse");
+        std::fs::create_dir_all(&fuse_dir)?;
+        let device = Arc::new(SourceDevice(Arc::clone(&source)));
+        let fuse = lazyblock_agent::fuse::mount_device(
+            device,
+            &fuse_dir,
+            "image",
+            tokio::runtime::Handle::current(),
+        )?;
+        let stack = match mount_file(fuse.file_path(), mnt).await {
+            Ok(s) => s,
+            Err(e) => {
+                drop(fuse);
+                return Err(e);
+            }
+        };
+        let outcome = run_command(mnt, w.command).await;
+        let seconds = t.elapsed().as_secs_f64();
+        stack.teardown().await?;
+        let mut fuse = fuse;
+        tokio::task::spawn_blocking(move || fuse.unmount()).await??;
+        outcome?;
+        if lazy.record {
+            let chunks = source.finish_recording();
+            let m = source.manifest();
+            let profile = Profile {
+                manifest: m.id(),
+                chunks,
+            };
+            self.ctx
+                .store
+                .put_profile(
+                    &m.header().root,
+                    &m.id(),
+                    bytes::Bytes::from(profile.encode()),
+                )
+                .await?;
+        }
+        let m = source.metrics();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        for tier in Tier::ALL {
+            self.latencies.tiers[tier as usize].merge_from(m.latency(tier));
+        }
+        Ok(RunResult {
+            seconds,
+            origin_chunks: get(&m.origin_chunks),
+            origin_bytes: get(&m.origin_bytes),
+            origin_requests: m.origin_latency.count() + 2 + u64::from(lazy.replay),
+            guest_chunks: source.chunks_read(),
+            prefetched: get(&m.prefetched_chunks),
+            tier_hits: Tier::ALL.map(|t| m.hits(t)),
+        })
+    }
+
+    fn report(&self, all: &[(&Workload, Vec<(Scenario, RunResult)>)]) -> Result<()> {
+        let find = |rs: &[(Scenario, RunResult)], s: Scenario| {
+            rs.iter()
+                .find(|(x, _)| *x == s)
+                .map(|(_, r)| r.clone())
+                .unwrap_or_default()
+        };
+        println!(
+            "\n{:<7} {:<21} {:>8} {:>9} {:>9} {:>11} {:>8} {:>9}",
+            "image", "scenario", "seconds", "vs pull", "vs local", "origin", "chunks", "read"
+        );
+        let mut json_rows = Vec::new();
+        for (w, rs) in all {
+            let pull = find(rs, Scenario::FullPull).seconds;
+            let local = find(rs, Scenario::Raw).seconds;
+            for (s, r) in rs {
+                println!(
+                    "{:<7} {:<21} {:>8.3} {:>8.2}× {:>8.2}× {:>11} {:>8} {:>9}",
+                    w.key,
+                    s.label(),
+                    r.seconds,
+                    pull / r.seconds.max(1e-9),
+                    r.seconds / local.max(1e-9),
+                    human_bytes(r.origin_bytes),
+                    r.origin_chunks,
+                    if r.guest_chunks > 0 {
+                        r.guest_chunks.to_string()
+                    } else {
+                        "-".into()
+                    }
+                );
+                json_rows.push(serde_json::json!({
+                    "workload": w.key,
+                    "command": w.command,
+                    "scenario": s.key(),
+                    "seconds": r.seconds,
+                    "speedup_vs_full_pull": pull / r.seconds.max(1e-9),
+                    "ratio_vs_local": r.seconds / local.max(1e-9),
+                    "origin_chunks": r.origin_chunks,
+                    "origin_bytes": r.origin_bytes,
+                    "origin_requests": r.origin_requests,
+                    "guest_chunks_read": r.guest_chunks,
+                    "prefetched_chunks": r.prefetched,
+                    "chunk_hits": {"memory": r.tier_hits[1], "disk": r.tier_hits[2], "origin": r.tier_hits[3]},
+                }));
+            }
+        }
+        println!("\ntargets:");
+        for (w, rs) in all {
+            let pull = find(rs, Scenario::FullPull).seconds;
+            let local = find(rs, Scenario::Raw).seconds;
+            let cold = find(rs, Scenario::Cold);
+            let prof = find(rs, Scenario::ColdProfile).seconds;
+            let warm = find(rs, Scenario::Warm).seconds;
+            let nora = find(rs, Scenario::ColdNoReadahead);
+            println!(
+                "  {:<6} cold+profile {:.2}× faster than full pull (target ≥ 5), cold {:.2}× (≥ 2.5), warm {:.2}× local (≤ 1.3); origin/guest chunks: no read-ahead {:.2} (≤ 1), read-ahead {:.2} (≤ 1.25)",
+                w.key,
+                pull / prof.max(1e-9),
+                pull / cold.seconds.max(1e-9),
+                warm / local.max(1e-9),
+                nora.origin_chunks as f64 / nora.guest_chunks.max(1) as f64,
+                cold.origin_chunks as f64 / cold.guest_chunks.max(1) as f64,
+            );
+        }
+        let l1 = Histogram::default();
+        l1.merge_from(&self.latencies.tiers[Tier::Memory as usize]);
+        l1.merge_from(&self.latencies.tiers[Tier::Disk as usize]);
+        println!("\nblock read latency, all lazyblock runs (by the slowest tier a read needed):");
+        let mut json_lat = serde_json::Map::new();
+        let mut rows: Vec<(&str, &Histogram)> = Tier::ALL
+            .iter()
+            .map(|t| (t.label(), &self.latencies.tiers[*t as usize]))
+            .collect();
+        rows.push(("L1 (memory+disk)", &l1));
+        for (label, h) in &rows {
+            let q = |p: f64| h.quantile(p).map(|d| d.as_secs_f64() * 1e6);
+            let fmt = |v: Option<f64>| v.map(|x| format!("{x:.0} µs")).unwrap_or("-".into());
+            println!(
+                "  {:<17} n {:>7}  p50 {:>10}  p90 {:>10}  p99 {:>10}  p99.9 {:>10}",
+                label,
+                h.count(),
+                fmt(q(0.5)),
+                fmt(q(0.9)),
+                fmt(q(0.99)),
+                fmt(q(0.999))
+            );
+            json_lat.insert(
+                (*label).to_owned(),
+                serde_json::json!({"count": h.count(), "p50_us": q(0.5), "p90_us": q(0.9), "p99_us": q(0.99), "p999_us": q(0.999)}),
+            );
+        }
+        let l1p50 = l1.quantile(0.5).map(|d| d.as_secs_f64() * 1e6);
+        println!(
+            "  L1-hit reads p50 {} (target ≤ 100 µs)",
+            l1p50.map(|x| format!("{x:.0} µs")).unwrap_or("-".into())
+        );
+        let svg = ecdf_svg(&rows);
+        std::fs::write(&self.args.plot, svg)
+            .with_context(|| format!("cannot write {}", self.args.plot.display()))?;
+        println!("eCDF plot: {}", self.args.plot.display());
+        if self.args.json {
+            println!(
+                "{}",
+                serde_json::json!({"latency_seconds_per_request": self.args.latency.as_secs_f64(), "runs": json_rows, "read_latency": json_lat})
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LazyRun {
+    readahead: bool,
+    neighbors: u64,
+    record: bool,
+    replay: bool,
+}
+
+/// ext4 on a loop device on `file`, mounted read-only at `dir`.
+struct Stack {
+    dir: PathBuf,
+    dev: loopdev::LoopDevice,
+}
+
+async fn mount_file(file: &Path, dir: &Path) -> Result<Stack> {
+    let (file, dir) = (file.to_path_buf(), dir.to_path_buf());
+    tokio::task::spawn_blocking(move || -> Result<Stack> {
+        let dev = loopdev::attach(&file, true)?;
+        if let Err(e) = loopdev::mount_ext4(dev.path(), &dir, true) {
+            let _ = dev.detach();
+            return Err(e.into());
+        }
+        Ok(Stack { dir, dev })
+    })
+    .await?
+}
+
+impl Stack {
+    async fn teardown(self) -> Result<()> {
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            loopdev::unmount(&self.dir)?;
+            self.dev.detach()?;
+            Ok(())
+        })
+        .await?
+    }
+}
+
+async fn run_command(root: &Path, command: &str) -> Result<()> {
+    let out = tokio::process::Command::new("chroot")
+        .arg(root)
+        .args(["/bin/sh", "-c", command])
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOME", "/root")
+        .env("LANG", "C.UTF-8")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .context("cannot run chroot")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        bail!(
+            "`{command}` failed ({}): {}",
+            out.status,
+            err.lines().last().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// An eCDF of read latency per tier, log-scale x axis from 1 µs to 1 s.
+fn ecdf_svg(rows: &[(&str, &Histogram)]) -> String {
+    use std::fmt::Write as _;
+    let (w, h, left, bottom, top, right) = (760.0, 420.0, 60.0, 50.0, 20.0, 170.0);
+    let pw = w - left - right;
+    let ph = h - top - bottom;
+    let x_of = |ns: f64| left + pw * ((ns.max(1e3).log10() - 3.0) / 6.0).clamp(0.0, 1.0);
+    let y_of = |f: f64| top + ph * (1.0 - f);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    for (i, label) in ["1µs", "10µs", "100µs", "1ms", "10ms", "100ms", "1s"]
+        .iter()
+        .enumerate()
+    {
+        let x = left + pw * i as f64 / 6.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x}" y1="{top}" x2="{x}" y2="{}" stroke="#ddd"/><text x="{x}" y="{}" text-anchor="middle">{label}</text>"##,
+            top + ph,
+            top + ph + 16.0
+        );
+    }
+    for i in 0..=4 {
+        let f = i as f64 / 4.0;
+        let y = y_of(f);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{f:.2}</text>"##,
+            left + pw,
+            left - 6.0,
+            y + 4.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">block read latency (log scale)</text><text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">fraction of reads ≤ x</text>"#,
+        left + pw / 2.0,
+        h - 10.0,
+        top + ph / 2.0,
+        top + ph / 2.0
+    );
+    let colors = ["#888888", "#1b9e77", "#7570b3", "#d95f02", "#e7298a"];
+    for (i, (label, hist)) in rows.iter().enumerate() {
+        let total = hist.count();
+        if total == 0 {
+            continue;
+        }
+        let color = colors[i % colors.len()];
+        let mut pts = String::new();
+        let mut seen = 0u64;
+        let mut last_y = y_of(0.0);
+        for (upper, count) in hist.buckets() {
+            let x = x_of(upper as f64);
+            let _ = write!(pts, "{x:.1},{last_y:.1} ");
+            seen += count;
+            last_y = y_of(seen as f64 / total as f64);
+            let _ = write!(pts, "{x:.1},{last_y:.1} ");
+        }
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{pts}"/>"#
+        );
+        let ly = top + 14.0 + 18.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{label} (n={total})</text>"#,
+            w - right + 10.0,
+            w - right + 30.0,
+            w - right + 36.0,
+            ly + 4.0
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
