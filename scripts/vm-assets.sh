@@ -233,6 +233,7 @@ EOF
 chmod 0755 "$R/init"
 
 step "building initrd.img"
+find "$R" -exec touch -h -d @0 {} + # reproducible archive
 (cd "$R" && find . -print0 | sort -z | cpio --null --reproducible -o -H newc -R 0:0 --quiet) | gzip -n -1 >"$WORK/initrd.img" ||
   die "cpio/gzip failed"
 
