@@ -65,6 +65,17 @@ impl Overlay {
     /// missing. An overlay made for another manifest or size is refused with a message naming
     /// `--discard-overlay`; one in use by another agent is refused too.
     pub fn open(dir: &Path, manifest: &ManifestId, size: u64) -> Result<Self, DeviceError> {
+        Self::open_with(dir, manifest, size, false)
+    }
+
+    /// Like [`open`](Self::open), but with `discard` first drops the writes the overlay holds
+    /// (after taking its lock, so the overlay of a running agent is never touched).
+    pub fn open_with(
+        dir: &Path,
+        manifest: &ManifestId,
+        size: u64,
+        discard: bool,
+    ) -> Result<Self, DeviceError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
@@ -84,6 +95,16 @@ impl Overlay {
                 )
             },
         )?;
+        if discard {
+            for name in [META, "data", "bitmap"] {
+                let p = dir.join(name);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("remove", &p, e)),
+                }
+            }
+        }
         let want = Meta {
             version: 1,
             manifest: manifest.to_hex(),
@@ -163,15 +184,6 @@ impl Overlay {
             size,
             _lock: lock,
         })
-    }
-
-    /// Removes an overlay directory (the guest's writes are lost). Missing is fine.
-    pub fn discard(dir: &Path) -> Result<(), DeviceError> {
-        match std::fs::remove_dir_all(dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("remove", dir, e)),
-        }
     }
 
     /// The overlay's directory.
@@ -294,8 +306,16 @@ mod tests {
         drop(o);
         let err = Overlay::open(dir.path(), &id(2), 8192).expect_err("other manifest");
         assert!(err.to_string().contains("--discard-overlay"), "{err}");
-        Overlay::discard(dir.path()).expect("discard");
-        Overlay::open(dir.path(), &id(2), 8192).expect("fresh after discard");
+        let o = Overlay::open(dir.path(), &id(1), 8192).expect("reopen");
+        let err = Overlay::open_with(dir.path(), &id(2), 8192, true).expect_err("in use");
+        assert!(err.to_string().contains("in use"), "{err}");
+        assert!(
+            dir.path().join("data").exists(),
+            "a running agent's overlay is untouched"
+        );
+        drop(o);
+        let o = Overlay::open_with(dir.path(), &id(2), 8192, true).expect("fresh after discard");
+        assert_eq!(o.pages(), 0);
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct SourceConfig {
     pub read_only: bool,
     /// Where the overlay lives (required unless `read_only`).
     pub overlay_dir: Option<PathBuf>,
+    /// Drop the overlay's earlier writes when opening it.
+    pub discard_overlay: bool,
     /// Sequential read-ahead across chunk boundaries.
     pub readahead: bool,
     /// Longest read-ahead window, in chunks.
@@ -46,6 +48,7 @@ impl Default for SourceConfig {
         Self {
             read_only: true,
             overlay_dir: None,
+            discard_overlay: false,
             readahead: true,
             readahead_max_chunks: 8,
             neighbor_chunks: 1,
@@ -130,7 +133,12 @@ impl BlockSource {
                     "a writable device needs an overlay directory",
                 )
             })?;
-            Some(Overlay::open(dir, &manifest.id(), geometry.image_size())?)
+            Some(Overlay::open_with(
+                dir,
+                &manifest.id(),
+                geometry.image_size(),
+                config.discard_overlay,
+            )?)
         };
         let chunks = geometry.chunk_count();
         let recording = config.record_profile;

@@ -146,9 +146,6 @@ impl Agent {
                     .join(image.name())
                     .join(image.tag())
             });
-            if a.discard_overlay {
-                lazyblock_agent::overlay::Overlay::discard(&dir)?;
-            }
             Some(dir)
         };
         let root = opened.entry.root.clone();
@@ -161,6 +158,7 @@ impl Agent {
             SourceConfig {
                 read_only: a.read_only,
                 overlay_dir,
+                discard_overlay: a.discard_overlay,
                 readahead: !a.no_readahead,
                 neighbor_chunks: if a.no_readahead { 0 } else { 1 },
                 record_profile: a.record_profile,
@@ -292,13 +290,19 @@ async fn spawn_metrics(addr: &str, metrics: Arc<DeviceMetrics>, device: String) 
             let metrics = Arc::clone(&metrics);
             let device = device.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
-                    .await
-                    .ok()
-                    .and_then(|r| r.ok())
-                    .unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]);
+                // Read the request head (it may arrive in pieces), at most 8 KiB, for 5 s.
+                let mut buf = Vec::with_capacity(1024);
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    let mut piece = [0u8; 1024];
+                    while buf.len() < 8192 && !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut piece).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&piece[..n]),
+                        }
+                    }
+                })
+                .await;
+                let req = String::from_utf8_lossy(&buf);
                 let (status, body) = if req.starts_with("GET /metrics") {
                     ("200 OK", render_prometheus(&[(device, &metrics)]))
                 } else {

@@ -701,9 +701,19 @@ fn main() -> std::process::ExitCode {
                 return ExitCode::SUCCESS;
             }
             // Usage errors: one line, exit status 2.
+            // clap lists missing arguments on the lines after the first: keep them.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let head: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let first = if head.is_empty() {
+                "invalid arguments".to_owned()
+            } else {
+                head.join(" ")
+            };
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
             eprintln!("error: {first} (see --help)");
             return ExitCode::from(2);
         }

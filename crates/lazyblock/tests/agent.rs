@@ -943,7 +943,6 @@ fn writes_persist_across_restart_and_never_reach_store_or_cache() {
 /// `--discard-overlay` on an overlay another agent serves must be refused like any second
 /// agent; instead it deletes the running agent's overlay directory.
 #[test]
-#[ignore = "bug: `serve --discard-overlay` removes the overlay of a running agent (agent.rs Agent::start calls Overlay::discard before taking the overlay's lock); see the report"]
 fn discard_overlay_of_a_running_agent_is_refused() {
     let f = fixture(8);
     let w = &f.w;
@@ -1274,7 +1273,6 @@ fn metrics_endpoint_serves_prometheus_text() {
 
 /// A request that arrives in two TCP segments is still one request.
 #[test]
-#[ignore = "bug: the metrics endpoint answers after a single read() (agent.rs spawn_metrics), so a request line split across segments gets 404 or a reset; see the report"]
 fn metrics_request_split_across_segments_is_answered() {
     let f = fixture(9);
     let w = &f.w;
@@ -1621,7 +1619,6 @@ fn bad_arguments() {
 
 /// A usage error for a missing required argument must name the argument in its one line.
 #[test]
-#[ignore = "bug: main.rs keeps only the first line of clap's error, which for a missing argument is `the following required arguments were not provided:` without the argument; see the report"]
 fn missing_required_argument_is_named() {
     let w = World::new();
     let out = w.run(&["serve", IMAGE]);
