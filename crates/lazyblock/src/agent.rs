@@ -265,9 +265,10 @@ impl Agent {
             warn!("{e:#}");
         }
         eprintln!(
-            "lazyblock: {}: {}",
+            "lazyblock: {}: {}, guest read {} distinct chunks",
             self.image,
-            self.source.metrics().summary()
+            self.source.metrics().summary(),
+            self.source.chunks_read()
         );
     }
 
