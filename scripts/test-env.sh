@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite needs, on loopback only:
-#   - Debian packages: e2fsprogs (mke2fs, e2fsck), attr (getfattr);
+#   - Debian packages: e2fsprogs (mke2fs, e2fsck), attr (getfattr), libnbd-bin (nbdinfo,
+#     nbdcopy), and through scripts/vm-assets.sh qemu-system-x86 + qemu-utils from
+#     bookworm-backports, busybox-static, cpio, kmod, plus the guest kernel and initrd of the
+#     QEMU tests (skipped with LAZYBLOCK_SKIP_VM_TESTS=1);
 #   - an S3-compatible server: moto (from PyPI, into .test-tools/venv), started on a free port
 #     with a fresh bucket.
 # Source it (". scripts/test-env.sh") to get the exported variables, then call
@@ -13,9 +16,18 @@ mkdir -p "$LB_TOOLS"
 need_apt=()
 command -v mke2fs >/dev/null || need_apt+=(e2fsprogs)
 command -v getfattr >/dev/null || need_apt+=(attr)
+command -v nbdcopy >/dev/null || need_apt+=(libnbd-bin)
+command -v losetup >/dev/null || need_apt+=(mount)
 if ((${#need_apt[@]})); then
   echo "test-env: installing ${need_apt[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [[ "${LAZYBLOCK_SKIP_VM_TESTS:-}" != 1 ]]; then
+  # qemu-utils (qemu-img, qemu-io) comes from here too, matched with qemu-system-x86.
+  "$LB_ROOT/scripts/vm-assets.sh" >&2
+elif ! command -v qemu-io >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-utils busybox-static >/dev/null
 fi
 
 if [[ ! -x "$LB_TOOLS/venv/bin/moto_server" ]]; then
