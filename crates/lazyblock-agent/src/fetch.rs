@@ -257,12 +257,16 @@ impl ChunkFetcher {
         metrics: &Arc<DeviceMetrics>,
     ) -> FlightResult {
         let id = *req.name.as_bytes();
-        // Disk tier, then its cross-process lock and a second look under it.
-        let mut lock = None;
         if self.has_disk_tier() {
             if let Some(data) = self.disk_get(id).await {
                 return Ok((data, Tier::Disk));
             }
+        }
+        // An origin slot first, then the disk tier's cross-process lock and a second look under
+        // it: a prefetch waiting for a slot never holds a lock stripe a demand fetch needs.
+        let permit = self.permit(priority, &urgent).await;
+        let mut lock = None;
+        if self.has_disk_tier() {
             let this = Arc::clone(self);
             match tokio::task::spawn_blocking(move || this.disk.as_ref().map(|d| d.lock(&id))).await
             {
@@ -276,7 +280,9 @@ impl ChunkFetcher {
                 Ok(None) | Err(_) => {}
             }
         }
-        let data = self.origin_fetch(req, priority, urgent, metrics).await?;
+        let data = self.origin_fetch(req, priority, metrics).await;
+        drop(permit);
+        let data = data?;
         if self.has_disk_tier() {
             let this = Arc::clone(self);
             let bytes = data.clone();
@@ -337,10 +343,8 @@ impl ChunkFetcher {
         &self,
         req: &ChunkRequest,
         priority: Priority,
-        urgent: Arc<Notify>,
         metrics: &DeviceMetrics,
     ) -> Result<Bytes, FetchError> {
-        let _permit = self.permit(priority, &urgent).await;
         let started = Instant::now();
         let fetch = self.origin.get_chunk(&req.root, &req.name);
         let fail = |corrupt: bool, message: String| {

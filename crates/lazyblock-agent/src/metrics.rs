@@ -203,7 +203,7 @@ impl DeviceMetrics {
     pub fn summary(&self) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut line = format!(
-            "reads {} ({}), writes {} ({}), chunk hits memory {} disk {} origin {}, origin {} chunks {} in {} requests ({} prefetched, {} errors)",
+            "reads {} ({}), writes {} ({}), chunk hits memory {} disk {} origin {}, origin {} chunks {} ({} prefetched, {} errors)",
             get(&self.reads),
             human_bytes(get(&self.read_bytes)),
             get(&self.writes),
@@ -213,7 +213,6 @@ impl DeviceMetrics {
             self.hits(Tier::Origin),
             get(&self.origin_chunks),
             human_bytes(get(&self.origin_bytes)),
-            self.origin_latency.count(),
             get(&self.prefetched_chunks),
             get(&self.origin_errors),
         );
@@ -286,7 +285,7 @@ fn prom_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
 pub fn render_prometheus(devices: &[(String, &DeviceMetrics)]) -> String {
     let mut out = String::new();
     type Counter = fn(&DeviceMetrics) -> &AtomicU64;
-    let counters: [(&str, &str, Counter); 9] = [
+    let counters: [(&str, &str, Counter); 10] = [
         ("lazyblock_reads_total", "Guest reads.", |m| &m.reads),
         (
             "lazyblock_read_bytes_total",
@@ -299,6 +298,7 @@ pub fn render_prometheus(devices: &[(String, &DeviceMetrics)]) -> String {
             "Bytes written by the guest into the overlay.",
             |m| &m.write_bytes,
         ),
+        ("lazyblock_flushes_total", "Guest flushes.", |m| &m.flushes),
         (
             "lazyblock_errors_total",
             "Guest requests that failed.",

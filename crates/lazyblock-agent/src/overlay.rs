@@ -150,6 +150,9 @@ impl Overlay {
                     .and_then(|()| f.sync_all())
                     .map_err(|e| io_err("write", &tmp, e))?;
                 std::fs::rename(&tmp, &meta_path).map_err(|e| io_err("rename", &tmp, e))?;
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io_err("sync", dir, e))?;
             }
             Err(e) => return Err(io_err("read", &meta_path, e)),
         }

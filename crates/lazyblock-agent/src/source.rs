@@ -183,8 +183,7 @@ impl BlockSource {
         self.lock_touched().count
     }
 
-    /// Distinct data chunks fetched from the origin that the guest never read (read-ahead or
-    /// profile replay that did not pay off), given the chunk indices fetched.
+    /// Whether the guest has read chunk `index` (any part of it) since the device started.
     pub fn was_read(&self, index: u64) -> bool {
         let t = self.lock_touched();
         t.bits

@@ -41,7 +41,7 @@ pub enum PutOutcome {
 }
 
 /// The origin store seam. Chunks and manifests are immutable and content-addressed; catalog
-/// entries are the only objects that are overwritten.
+/// entries and start-up profiles are the only objects that are overwritten.
 #[async_trait]
 pub trait ChunkStore: Send + Sync + std::fmt::Debug {
     /// Where the store is, for messages (`file:///…`, `s3://…`).

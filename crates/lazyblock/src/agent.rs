@@ -176,20 +176,28 @@ impl Agent {
             warn!(dir = %cache_dir.display(), "running without a disk cache");
         }
         if !a.record_profile && !a.no_profile {
-            match ctx.store.get_profile(&root, &manifest_id).await {
-                Ok(bytes) => match Profile::decode(&bytes) {
-                    Ok(p) if p.manifest == manifest_id => {
-                        let n = source.replay_profile(&p.chunks, a.prefetch_concurrency);
-                        info!(chunks = n, "replaying start-up profile");
+            // In the background: a slow or missing profile must not delay serving.
+            let (src, store, parallel) = (
+                Arc::clone(&source),
+                Arc::clone(&ctx.store),
+                a.prefetch_concurrency,
+            );
+            tokio::spawn(async move {
+                match store.get_profile(&root, &manifest_id).await {
+                    Ok(bytes) => match Profile::decode(&bytes) {
+                        Ok(p) if p.manifest == manifest_id => {
+                            let n = src.replay_profile(&p.chunks, parallel);
+                            info!(chunks = n, "replaying start-up profile");
+                        }
+                        Ok(_) => warn!("start-up profile belongs to another manifest; ignored"),
+                        Err(e) => warn!("start-up profile ignored: {e}"),
+                    },
+                    Err(e) if e.kind() == StoreErrorKind::NotFound => {
+                        info!("no start-up profile recorded for this image");
                     }
-                    Ok(_) => warn!("start-up profile belongs to another manifest; ignored"),
-                    Err(e) => warn!("start-up profile ignored: {e}"),
-                },
-                Err(e) if e.kind() == StoreErrorKind::NotFound => {
-                    info!("no start-up profile recorded for this image");
+                    Err(e) => warn!("start-up profile not fetched: {e}"),
                 }
-                Err(e) => warn!("start-up profile not fetched: {e}"),
-            }
+            });
         }
         let agent = Arc::new(Self {
             image,
@@ -237,6 +245,10 @@ impl Agent {
             return Ok(());
         }
         let chunks = self.source.finish_recording();
+        if chunks.is_empty() {
+            warn!("the guest read no chunk while recording: no start-up profile stored");
+            return Ok(());
+        }
         let m = self.source.manifest();
         let profile = Profile {
             manifest: m.id(),

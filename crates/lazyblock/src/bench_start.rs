@@ -400,6 +400,7 @@ impl Bench {
                 }
             });
         }
+        let t_open = t.elapsed();
         let fuse_dir = self.work.join("fuse");
         std::fs::create_dir_all(&fuse_dir)?;
         let device = Arc::new(SourceDevice(Arc::clone(&source)));
@@ -409,6 +410,7 @@ impl Bench {
             "image",
             tokio::runtime::Handle::current(),
         )?;
+        let t_fuse = t.elapsed();
         let stack = match mount_file(fuse.file_path(), mnt).await {
             Ok(s) => s,
             Err(e) => {
@@ -416,8 +418,14 @@ impl Bench {
                 return Err(e);
             }
         };
+        let t_mount = t.elapsed();
         let outcome = run_command(mnt, w.command).await;
         let seconds = t.elapsed().as_secs_f64();
+        if std::env::var_os("LAZYBLOCK_BENCH_PHASES").is_some() {
+            eprintln!(
+                "phases: open {t_open:?} fuse {t_fuse:?} mounted {t_mount:?} done {seconds:.3}"
+            );
+        }
         stack.teardown().await?;
         let mut fuse = fuse;
         tokio::task::spawn_blocking(move || fuse.unmount()).await??;
