@@ -158,6 +158,10 @@ pub fn mount_device(
     };
 
     let mut config = fuser::Config::default();
+    // Two reader threads, each with its own /dev/fuse descriptor: a request is picked up while
+    // the other thread is busy handing one to the runtime or writing a reply.
+    config.n_threads = Some(2);
+    config.clone_fd = true;
     config.mount_options = vec![
         MountOption::FSName(FUSE_SUBTYPE.to_owned()),
         // The kernel's own option: fuser's `Subtype` only reaches `fusermount`, not mount(2).

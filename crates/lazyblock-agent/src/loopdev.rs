@@ -142,9 +142,21 @@ fn read_backing_file(sys: &Path) -> Result<PathBuf, LoopError> {
 
 /// Attaches `file` to the first free loop device (`losetup --find --show [--read-only]`).
 pub fn attach(file: &Path, read_only: bool) -> Result<LoopDevice, LoopError> {
+    attach_with(file, read_only, false)
+}
+
+/// Like [`attach`]; with `direct_io` the loop device reads and writes `file` with `O_DIRECT`
+/// (`--direct-io=on`). For a file served through FUSE that is what `lazyblock mount` wants:
+/// the filesystem above caches the pages once (no second copy in the FUSE file's page cache),
+/// and the loop device asks for exactly the blocks the filesystem reads, without the FUSE
+/// file's own read-ahead, so the agent fetches only the chunks the guest reads.
+pub fn attach_with(file: &Path, read_only: bool, direct_io: bool) -> Result<LoopDevice, LoopError> {
     let mut args: Vec<&OsStr> = vec!["--find".as_ref(), "--show".as_ref()];
     if read_only {
         args.push("--read-only".as_ref());
+    }
+    if direct_io {
+        args.push("--direct-io=on".as_ref());
     }
     args.push(file.as_os_str());
     let out = run("losetup", &args, classify_busy)?;

@@ -35,9 +35,9 @@ pub struct SourceConfig {
     pub readahead: bool,
     /// Longest read-ahead window, in chunks.
     pub readahead_max_chunks: u64,
-    /// On the first read of a chunk, prefetch this many chunks after it (0: off). Images laid
-    /// out by the flattener keep a package's files together, so the next chunk is usually read
-    /// soon too (measured on the corpus: 80–90% of the time).
+    /// On the first read of a chunk whose predecessor was read too, prefetch this many chunks
+    /// after it (0: off). Images laid out by the flattener keep a package's files together, so
+    /// the next chunk is usually read soon too (measured on the corpus: 80–90% of the time).
     pub neighbor_chunks: u64,
     /// Record the order in which chunks are first read.
     pub record_profile: bool,
@@ -50,7 +50,7 @@ impl Default for SourceConfig {
             overlay_dir: None,
             discard_overlay: false,
             readahead: true,
-            readahead_max_chunks: 8,
+            readahead_max_chunks: 2,
             neighbor_chunks: 1,
             record_profile: false,
         }
@@ -260,8 +260,15 @@ impl BlockSource {
         let mut t = self.lock_touched();
         let (w, bit) = ((index / 64) as usize, 1u64 << (index % 64));
         let mut neighbours = Vec::new();
-        if let Some(word) = t.bits.get_mut(w) {
-            if *word & bit == 0 {
+        let is_read = |bits: &[u64], i: u64| {
+            bits.get((i / 64) as usize)
+                .is_some_and(|x| x & (1 << (i % 64)) != 0)
+        };
+        // Neighbours only inside a run (the chunk before was read too): an isolated read
+        // predicts little, and a wrong guess costs a whole chunk from the origin.
+        let in_run = index.checked_sub(1).is_some_and(|p| is_read(&t.bits, p));
+        if in_run && !is_read(&t.bits, index) {
+            {
                 let end =
                     (index + 1 + self.config.neighbor_chunks).min(self.geometry.chunk_count());
                 for j in index + 1..end {

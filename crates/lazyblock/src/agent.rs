@@ -491,7 +491,7 @@ async fn mount_foreground(r: &Resolved, a: &MountArgs, dir: &Path, state: &Path)
     let stacked = tokio::task::spawn_blocking({
         let dir = dir.to_path_buf();
         move || -> Result<lazyblock_agent::loopdev::LoopDevice> {
-            let dev = lazyblock_agent::loopdev::attach(&file, read_only)?;
+            let dev = lazyblock_agent::loopdev::attach_with(&file, read_only, true)?;
             if let Err(e) = lazyblock_agent::loopdev::mount_ext4(dev.path(), &dir, read_only) {
                 let _ = dev.detach();
                 return Err(e.into());

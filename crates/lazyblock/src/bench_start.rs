@@ -55,6 +55,12 @@ pub(crate) struct BenchStartArgs {
     /// Origin fetches in flight, for lazyblock's demand fetches and for the full pull
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Chunks prefetched after a chunk's first read (neighbour prefetch; 0 turns it off)
+    #[arg(long, default_value_t = SourceConfig::default().neighbor_chunks)]
+    neighbors: u64,
+    /// Longest sequential read-ahead window in chunks (0 turns sequential read-ahead off)
+    #[arg(long, default_value_t = SourceConfig::default().readahead_max_chunks)]
+    readahead_max: u64,
     /// Where to write the eCDF plot of read latency per tier (SVG)
     #[arg(long, default_value = "bench-start-ecdf.svg")]
     plot: PathBuf,
@@ -98,16 +104,18 @@ enum Scenario {
     Cold,
     ColdProfile,
     Warm,
+    WarmNewProcess,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::Raw,
         Scenario::FullPull,
         Scenario::ColdNoReadahead,
         Scenario::Cold,
         Scenario::ColdProfile,
         Scenario::Warm,
+        Scenario::WarmNewProcess,
     ];
 
     fn label(self) -> &'static str {
@@ -118,6 +126,7 @@ impl Scenario {
             Scenario::Cold => "(a) cold",
             Scenario::ColdProfile => "(a) cold + profile",
             Scenario::Warm => "(b) warm",
+            Scenario::WarmNewProcess => "warm, new agent",
         }
     }
 
@@ -129,6 +138,7 @@ impl Scenario {
             Scenario::Cold => "cold",
             Scenario::ColdProfile => "cold_profile",
             Scenario::Warm => "warm",
+            Scenario::WarmNewProcess => "warm_new_agent",
         }
     }
 }
@@ -156,6 +166,8 @@ struct Bench {
     ctx: Context,
     slow_store: Arc<dyn ChunkStore>,
     latencies: Latencies,
+    /// The agent's fetcher (its worker cache) of the last lazyblock run.
+    fetcher: Option<Arc<ChunkFetcher>>,
 }
 
 pub(crate) async fn run(args: BenchStartArgs) -> Result<()> {
@@ -200,6 +212,7 @@ pub(crate) async fn run(args: BenchStartArgs) -> Result<()> {
         ctx,
         slow_store,
         latencies: Latencies::default(),
+        fetcher: None,
     };
     eprintln!(
         "bench start: origin {} with {:?} per read request, {} fetches in flight, {} run(s) per scenario",
@@ -295,7 +308,7 @@ impl Bench {
         match scenario {
             Scenario::Raw => {
                 let t = Instant::now();
-                let stack = mount_file(raw, &mnt).await?;
+                let stack = mount_file(raw, &mnt, false).await?;
                 let outcome = run_command(&mnt, w.command).await;
                 let seconds = t.elapsed().as_secs_f64();
                 stack.teardown().await?;
@@ -316,7 +329,7 @@ impl Bench {
                     Arc::new(NoProgress),
                 )
                 .await?;
-                let stack = mount_file(&file, &mnt).await?;
+                let stack = mount_file(&file, &mnt, false).await?;
                 let outcome = run_command(&mnt, w.command).await;
                 let seconds = t.elapsed().as_secs_f64();
                 stack.teardown().await?;
@@ -330,20 +343,31 @@ impl Bench {
                     ..RunResult::default()
                 })
             }
-            Scenario::ColdNoReadahead | Scenario::Cold | Scenario::ColdProfile | Scenario::Warm => {
-                if scenario != Scenario::Warm {
-                    // Cold: an empty worker cache. Warm reuses the one the run before filled.
+            Scenario::ColdNoReadahead
+            | Scenario::Cold
+            | Scenario::ColdProfile
+            | Scenario::Warm
+            | Scenario::WarmNewProcess => {
+                let warm = matches!(scenario, Scenario::Warm | Scenario::WarmNewProcess);
+                if !warm {
+                    // Cold: an empty worker cache. Warm reuses the one the run before filled:
+                    // (b) in the same agent process (memory and disk tiers hot, as for the next
+                    // start of an image on a worker), then in a fresh agent (disk tier only).
                     let _ = std::fs::remove_dir_all(&cache);
+                    self.fetcher = None;
+                }
+                if scenario == Scenario::WarmNewProcess {
+                    self.fetcher = None;
                 }
                 let lazy = LazyRun {
-                    readahead: scenario != Scenario::ColdNoReadahead,
+                    readahead: scenario != Scenario::ColdNoReadahead && self.args.readahead_max > 0,
                     neighbors: if scenario == Scenario::ColdNoReadahead {
                         0
                     } else {
-                        1
+                        self.args.neighbors
                     },
                     record: scenario == Scenario::Cold,
-                    replay: matches!(scenario, Scenario::ColdProfile | Scenario::Warm),
+                    replay: matches!(scenario, Scenario::ColdProfile) || warm,
                 };
                 self.run_lazy(w, image, &cache, &mnt, lazy).await
             }
@@ -365,14 +389,18 @@ impl Bench {
         let keys = opened.manifest.open_keys(&key)?;
         let root = opened.entry.root.clone();
         let manifest_id = opened.manifest.id();
-        let fetcher = Arc::new(ChunkFetcher::new(
-            Arc::clone(&ctx.store),
-            FetcherConfig {
-                disk: Some((cache.to_path_buf(), 10 << 30)),
-                demand_fetches: self.args.concurrency.max(1),
-                ..FetcherConfig::default()
-            },
-        ));
+        let fetcher = match &self.fetcher {
+            Some(f) => Arc::clone(f),
+            None => Arc::new(ChunkFetcher::new(
+                Arc::clone(&ctx.store),
+                FetcherConfig {
+                    disk: Some((cache.to_path_buf(), 10 << 30)),
+                    demand_fetches: self.args.concurrency.max(1),
+                    ..FetcherConfig::default()
+                },
+            )),
+        };
+        self.fetcher = Some(Arc::clone(&fetcher));
         let source = Arc::new(BlockSource::new(
             opened.manifest,
             keys,
@@ -381,6 +409,7 @@ impl Bench {
             SourceConfig {
                 read_only: true,
                 readahead: lazy.readahead,
+                readahead_max_chunks: self.args.readahead_max.max(1),
                 neighbor_chunks: lazy.neighbors,
                 record_profile: lazy.record,
                 ..SourceConfig::default()
@@ -411,7 +440,7 @@ impl Bench {
             tokio::runtime::Handle::current(),
         )?;
         let t_fuse = t.elapsed();
-        let stack = match mount_file(fuse.file_path(), mnt).await {
+        let stack = match mount_file(fuse.file_path(), mnt, true).await {
             Ok(s) => s,
             Err(e) => {
                 drop(fuse);
@@ -587,10 +616,10 @@ struct Stack {
     dev: loopdev::LoopDevice,
 }
 
-async fn mount_file(file: &Path, dir: &Path) -> Result<Stack> {
+async fn mount_file(file: &Path, dir: &Path, direct_io: bool) -> Result<Stack> {
     let (file, dir) = (file.to_path_buf(), dir.to_path_buf());
     tokio::task::spawn_blocking(move || -> Result<Stack> {
-        let dev = loopdev::attach(&file, true)?;
+        let dev = loopdev::attach_with(&file, true, direct_io)?;
         if let Err(e) = loopdev::mount_ext4(dev.path(), &dir, true) {
             let _ = dev.detach();
             return Err(e.into());
