@@ -488,8 +488,9 @@ struct Step {
 
 /// Mounts the image at `<tmp>/<name>` with `--cache-dir cache` and `extra` flags, runs the
 /// python import in a chroot, unmounts; checks the output, the clean-up and the summary; prints
-/// the step's line.
-fn step(w: &World, name: &str, cache: &Path, extra: &[&str], chunks_total: u64) -> Step {
+/// the step's line. The agent must have fetched fewer than `chunks_distinct` (the image's
+/// distinct stored chunks, so fewer than its total too): nothing is downloaded up front.
+fn step(w: &World, name: &str, cache: &Path, extra: &[&str], chunks_distinct: u64) -> Step {
     let dir = w.path().join(name);
     let _guard = MountGuard {
         w,
@@ -521,7 +522,9 @@ fn step(w: &World, name: &str, cache: &Path, extra: &[&str], chunks_total: u64) 
     let versions = String::from_utf8_lossy(&py.stdout).trim().to_owned();
     let v: Vec<&str> = versions.split_whitespace().collect();
     assert!(
-        v.len() == 2 && v.iter().all(|x| x.starts_with(|c: char| c.is_ascii_digit())),
+        v.len() == 2
+            && v.iter()
+                .all(|x| x.starts_with(|c: char| c.is_ascii_digit())),
         "expected `<numpy version> <pandas version>`\n{text}"
     );
 
@@ -542,14 +545,19 @@ fn step(w: &World, name: &str, cache: &Path, extra: &[&str], chunks_total: u64) 
     assert_eq!(s.origin_errors, 0, "origin errors\n{log}");
     assert!(s.reads > 0, "{s:?}");
     assert!(
-        s.origin_chunks < chunks_total,
-        "the agent fetched {} of the image's {chunks_total} chunks: not on demand\n{log}",
+        s.origin_chunks < chunks_distinct,
+        "the agent fetched {} of the image's {chunks_distinct} distinct stored chunks: not on demand\n{log}",
         s.origin_chunks
     );
     let cached = cache_chunk_files(cache).len();
     eprintln!(
-        "corpus_mount: step {name}: {secs:.2} s (mount {mount_secs:.2} s), origin chunks {}, origin bytes {}, guest chunks {}, prefetched {}, disk hits {}, cached files {cached}; numpy pandas {versions}",
-        s.origin_chunks, s.origin_bytes, s.guest_chunks, s.prefetched, s.disk_hits
+        "corpus_mount: step {name}: {secs:.2} s (mount {mount_secs:.2} s), origin chunks {}, origin bytes {}, guest chunks {}, prefetched {} (on demand {}), disk hits {}, cached files {cached}; numpy pandas {versions}",
+        s.origin_chunks,
+        s.origin_bytes,
+        s.guest_chunks,
+        s.prefetched,
+        s.origin_chunks - s.prefetched.min(s.origin_chunks),
+        s.disk_hits
     );
     Step {
         summary: s,
@@ -582,6 +590,7 @@ fn corpus_mount_imports_numpy_and_pandas() {
         field("chunks_zero"),
         field("chunks_distinct"),
     );
+    assert!(distinct + zero <= total && distinct > 0, "{info}");
     eprintln!(
         "corpus_mount: step build: {build_secs:.2} s, image {} bytes, chunks total {total}, zero {zero}, distinct {distinct}",
         field("image_size")
@@ -594,7 +603,7 @@ fn corpus_mount_imports_numpy_and_pandas() {
         "cold-no-readahead",
         &cache,
         &["--read-only", "--no-readahead"],
-        total,
+        distinct,
     );
     let s = &cold.summary;
     assert_eq!(s.prefetched, 0, "prefetch without read-ahead: {s:?}");
@@ -617,7 +626,7 @@ fn corpus_mount_imports_numpy_and_pandas() {
         "cold-readahead-record",
         &cache,
         &["--read-only", "--record-profile"],
-        total,
+        distinct,
     );
     let s = &rec.summary;
     assert!(
@@ -626,11 +635,7 @@ fn corpus_mount_imports_numpy_and_pandas() {
     );
     assert_eq!(rec.cached as u64, s.origin_chunks);
     let prefix = "lazyblock: recorded a start-up profile of ";
-    let profile_lines: Vec<&str> = rec
-        .log
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .collect();
+    let profile_lines: Vec<&str> = rec.log.lines().filter(|l| l.starts_with(prefix)).collect();
     assert_eq!(
         profile_lines.len(),
         1,
@@ -656,7 +661,7 @@ fn corpus_mount_imports_numpy_and_pandas() {
 
     // 4. Cold, replaying the profile (the default).
     let cache = w.path().join("cache-replay");
-    let replay = step(&w, "cold-profile", &cache, &["--read-only"], total);
+    let replay = step(&w, "cold-profile", &cache, &["--read-only"], distinct);
     let s = &replay.summary;
     assert!(
         s.prefetched > 0,
@@ -666,12 +671,22 @@ fn corpus_mount_imports_numpy_and_pandas() {
     assert_eq!(replay.cached as u64, s.origin_chunks);
 
     // 5. Warm: the replay step's cache, a new agent.
-    let warm = step(&w, "warm", &cache, &["--read-only"], total);
+    let warm = step(&w, "warm", &cache, &["--read-only"], distinct);
     let s = &warm.summary;
+    // The guest's reads vary by a few chunks from run to run (the kernel's read-ahead depends on
+    // timing: 292..302 distinct chunks seen), so a warm start may read a chunk the replay step
+    // neither read nor prefetched, and the agent's read-ahead around it may fetch a few more
+    // (0..7 origin chunks seen, at most 1 of them on demand).
+    let demand = s.origin_chunks - s.prefetched.min(s.origin_chunks);
     assert!(
-        s.origin_chunks <= 4,
-        "a warm cache still fetched {} chunks: {s:?}",
-        s.origin_chunks
+        demand <= 4,
+        "a warm start fetched {demand} chunks on demand: {s:?}"
+    );
+    assert!(
+        s.origin_chunks * 20 <= s.guest_chunks,
+        "a warm start fetched {} chunks, more than 5% of the {} the guest read: {s:?}",
+        s.origin_chunks,
+        s.guest_chunks
     );
     assert_eq!(
         warm.cached as u64,
