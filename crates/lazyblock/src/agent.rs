@@ -571,7 +571,8 @@ pub(crate) async fn cmd_umount(a: &UmountArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if let Ok(log) = std::fs::read_to_string(state.join("agent.log")) {
-            if let Some(line) = log.lines().rev().find(|l| l.starts_with("lazyblock: ")) {
+            // The agent's own report lines: a recorded profile, the summary.
+            for line in log.lines().filter(|l| l.starts_with("lazyblock: ")) {
                 eprintln!("{line}");
             }
         }
