@@ -487,28 +487,34 @@ async fn the_first_read_of_a_chunk_prefetches_its_neighbour() {
         ..SourceConfig::default()
     };
     let dev = SourceDevice(f.source(f.fetcher(None), cfg).await);
+    let m = Arc::clone(dev.0.metrics());
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+    let origin = |m: &lazyblock_agent::metrics::DeviceMetrics| {
+        (
+            m.origin_chunks.load(Ordering::Relaxed),
+            m.prefetched_chunks.load(Ordering::Relaxed),
+        )
+    };
+    // An isolated read prefetches nothing.
     dev.read(10 * CHUNK + 5, 100).await.expect("read");
-    dev.read(10 * CHUNK + 500, 100)
-        .await
-        .expect("same chunk again");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = dev.0.metrics();
-    // Chunk 10 on demand, 11 and 12 prefetched once, even though chunk 10 was read twice.
-    assert_eq!(m.origin_chunks.load(Ordering::Relaxed), 3);
-    assert_eq!(m.prefetched_chunks.load(Ordering::Relaxed), 2);
-    // Reading 11 now hits memory and prefetches only 13 (12 is already there).
+    dev.read(10 * CHUNK + 500, 100).await.expect("same chunk again");
+    settle().await;
+    assert_eq!(origin(&m), (1, 0));
+    // Chunk 11 continues a run: 12 and 13 are prefetched, once.
     dev.read(11 * CHUNK, 4096).await.expect("read");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        m.hits(lazyblock_agent::metrics::Tier::Memory),
-        2,
-        "chunk 10 again, then 11"
-    );
-    assert_eq!(m.origin_chunks.load(Ordering::Relaxed), 4);
-    // Zero chunks (3, 4) are never fetched: reading 2 prefetches nothing.
+    dev.read(11 * CHUNK + 8192, 4096).await.expect("read");
+    settle().await;
+    assert_eq!(origin(&m), (4, 2));
+    // Reading 12 hits memory and prefetches only 14 (13 is already there).
+    dev.read(12 * CHUNK, 4096).await.expect("read");
+    settle().await;
+    assert_eq!(origin(&m), (5, 3));
+    assert_eq!(m.hits(lazyblock_agent::metrics::Tier::Memory), 3, "10 again, 11 again, 12");
+    // Zero chunks (3, 4) are never fetched: the run 1, 2 prefetches nothing.
+    dev.read(CHUNK, 4096).await.expect("read");
     dev.read(2 * CHUNK, 4096).await.expect("read");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(m.origin_chunks.load(Ordering::Relaxed), 5);
+    settle().await;
+    assert_eq!(origin(&m), (7, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
