@@ -497,7 +497,9 @@ async fn the_first_read_of_a_chunk_prefetches_its_neighbour() {
     };
     // An isolated read prefetches nothing.
     dev.read(10 * CHUNK + 5, 100).await.expect("read");
-    dev.read(10 * CHUNK + 500, 100).await.expect("same chunk again");
+    dev.read(10 * CHUNK + 500, 100)
+        .await
+        .expect("same chunk again");
     settle().await;
     assert_eq!(origin(&m), (1, 0));
     // Chunk 11 continues a run: 12 and 13 are prefetched, once.
@@ -509,7 +511,11 @@ async fn the_first_read_of_a_chunk_prefetches_its_neighbour() {
     dev.read(12 * CHUNK, 4096).await.expect("read");
     settle().await;
     assert_eq!(origin(&m), (5, 3));
-    assert_eq!(m.hits(lazyblock_agent::metrics::Tier::Memory), 3, "10 again, 11 again, 12");
+    assert_eq!(
+        m.hits(lazyblock_agent::metrics::Tier::Memory),
+        3,
+        "10 again, 11 again, 12"
+    );
     // Zero chunks (3, 4) are never fetched: the run 1, 2 prefetches nothing.
     dev.read(CHUNK, 4096).await.expect("read");
     dev.read(2 * CHUNK, 4096).await.expect("read");
