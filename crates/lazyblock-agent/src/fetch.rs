@@ -231,6 +231,7 @@ impl ChunkFetcher {
         flight.await
     }
 
+    #[tracing::instrument(level = "debug", name = "chunk", skip_all, fields(chunk = %req.name.short(), ?priority))]
     async fn fly(
         self: Arc<Self>,
         req: ChunkRequest,

@@ -460,6 +460,7 @@ impl BlockSource {
     }
 
     /// The async read behind [`BlockDevice::read`], with read-ahead (needs the `Arc`).
+    #[tracing::instrument(level = "debug", name = "read", skip(self), fields(device = %self.manifest.id().short()))]
     pub async fn read_arc(
         self: &Arc<Self>,
         offset: u64,
@@ -487,6 +488,7 @@ impl BlockSource {
         }
     }
 
+    #[tracing::instrument(level = "debug", name = "write", skip(self, data), fields(len = data.len()))]
     async fn write_impl(self: &Arc<Self>, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
         check_range(self.geometry.image_size(), offset, data.len() as u64)?;
         let Some(overlay) = &self.overlay else {
