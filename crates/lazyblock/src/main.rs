@@ -637,9 +637,11 @@ async fn cmd_images(r: &Resolved, args: &ImagesArgs) -> Result<()> {
 }
 
 fn init_logging(verbose: u8) {
+    // fuser warns when its own unmount on drop finds the mount already gone, which is how
+    // every FUSE mount of ours ends (umount tears it down first): keep it to errors.
     let default = match verbose {
-        0 => "warn",
-        1 => "info",
+        0 => "warn,fuser=error",
+        1 => "info,fuser=error",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
