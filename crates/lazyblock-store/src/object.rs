@@ -255,12 +255,33 @@ impl ObjectChunkStore {
         }
     }
 
-    async fn get_bytes(&self, key: &str, what: &str) -> Result<Bytes> {
+    /// Fetches a whole object of at most `max` bytes. The size comes with the response head,
+    /// so an oversized object (a broken or hostile origin) is refused before its body is read:
+    /// readers never hold more than the largest valid object of the kind in memory.
+    async fn get_bytes(&self, key: &str, what: &str, max: u64) -> Result<Bytes> {
         let path = Path::from(key);
         let result = self.store.get(&path).await.map_err(|e| self.err(what, e))?;
+        if result.meta.size > max {
+            return Err(StoreError::new(
+                StoreErrorKind::Corrupt,
+                format!(
+                    "{what} in {} is {} bytes, more than the {max} bytes such an object can have",
+                    self.url, result.meta.size
+                ),
+            ));
+        }
         result.bytes().await.map_err(|e| self.err(what, e))
     }
 }
+
+/// The largest chunk: the largest chunk size.
+const MAX_CHUNK_BYTES: u64 = 1 << lazyblock_format::ChunkSize::MAX_LOG2;
+/// The largest manifest accepted (about a 1.5 TiB image of 512 KiB chunks).
+const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+/// The largest profile: the frame plus `MAX_PROFILE_CHUNKS` names.
+const MAX_PROFILE_BYTES: u64 = 76 + 32 * lazyblock_format::MAX_PROFILE_CHUNKS as u64;
+/// The largest catalog entry.
+const MAX_CATALOG_BYTES: u64 = 64 << 10;
 
 #[async_trait]
 impl ChunkStore for ObjectChunkStore {
@@ -312,8 +333,12 @@ impl ChunkStore for ObjectChunkStore {
     }
 
     async fn get_chunk(&self, root: &RootId, name: &ChunkName) -> Result<Bytes> {
-        self.get_bytes(&self.layout.chunk(root, name), &format!("chunk {name}"))
-            .await
+        self.get_bytes(
+            &self.layout.chunk(root, name),
+            &format!("chunk {name}"),
+            MAX_CHUNK_BYTES,
+        )
+        .await
     }
 
     async fn has_chunk(&self, root: &RootId, name: &ChunkName) -> Result<bool> {
@@ -369,8 +394,12 @@ impl ChunkStore for ObjectChunkStore {
     }
 
     async fn get_manifest(&self, root: &RootId, id: &ManifestId) -> Result<Bytes> {
-        self.get_bytes(&self.layout.manifest(root, id), &format!("manifest {id}"))
-            .await
+        self.get_bytes(
+            &self.layout.manifest(root, id),
+            &format!("manifest {id}"),
+            MAX_MANIFEST_BYTES,
+        )
+        .await
     }
 
     async fn put_profile(&self, root: &RootId, id: &ManifestId, data: Bytes) -> Result<()> {
@@ -386,6 +415,7 @@ impl ChunkStore for ObjectChunkStore {
         self.get_bytes(
             &self.layout.profile(root, id),
             &format!("profile of manifest {id}"),
+            MAX_PROFILE_BYTES,
         )
         .await
     }
@@ -403,6 +433,7 @@ impl ChunkStore for ObjectChunkStore {
         self.get_bytes(
             &self.layout.catalog(tenant, image),
             &format!("image {image} of tenant {tenant}"),
+            MAX_CATALOG_BYTES,
         )
         .await
     }

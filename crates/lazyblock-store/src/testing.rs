@@ -203,6 +203,21 @@ pub async fn conformance(store: &dyn ChunkStore, strict_create: bool) {
     }
     assert_eq!(store.get_chunk(&root, &nc).await.expect("get"), c);
 
+    // An object larger than any valid chunk is refused (before its body is read).
+    let huge = ChunkName::from_bytes([0x77; 32]);
+    let largest = 1usize << lazyblock_format::ChunkSize::MAX_LOG2;
+    store
+        .put_chunk(&root, &huge, Bytes::from(vec![1u8; largest + 1]))
+        .await
+        .expect("put oversized");
+    let err = store
+        .get_chunk(&root, &huge)
+        .await
+        .expect_err("oversized chunk");
+    assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("more than"), "{err}");
+    store.delete_chunk(&root, &huge).await.expect("delete");
+
     // Manifests.
     let id = ManifestId::from_bytes([0x42; 32]);
     let m = Bytes::from_static(b"manifest bytes");
