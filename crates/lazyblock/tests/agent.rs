@@ -19,7 +19,6 @@
 //! `nbdcopy`, `nbdinfo` (libnbd-bin), `mke2fs` (e2fsprogs), `losetup`, `mount`, `umount`,
 //! `chroot` and a static `/bin/busybox` (busybox-static).
 
-use std::collections::BTreeSet;
 use std::io::{Read, Write as _};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -30,7 +29,9 @@ use std::time::{Duration, Instant};
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lazyblock");
+mod common;
+use common::*;
+
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const CHUNK: u64 = 512 * KIB;
@@ -48,65 +49,10 @@ const SERVER_LIMIT: Duration = Duration::from_secs(120);
 // Helpers: processes
 // ---------------------------------------------------------------------------------------------
 
-/// Runs a command to completion with a bound; kills it and panics when the bound passes.
-fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
-    let what = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let mut out_pipe = child.stdout.take().expect("stdout pipe");
-    let mut err_pipe = child.stderr.take().expect("stderr pipe");
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out_pipe.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err_pipe.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stdout = out_reader.join().unwrap_or_default();
-            let stderr = err_reader.join().unwrap_or_default();
-            panic!(
-                "{what} did not finish within {limit:?} (killed)\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                String::from_utf8_lossy(&stdout),
-                String::from_utf8_lossy(&stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out_reader.join().unwrap_or_default(),
-        stderr: err_reader.join().unwrap_or_default(),
-    }
-}
-
 fn tool(prog: &str, args: &[&str]) -> Output {
     let mut cmd = Command::new(prog);
     cmd.args(args);
     run_bounded(cmd, TOOL_LIMIT)
-}
-
-fn describe(what: &str, out: &Output) -> String {
-    format!(
-        "{what}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Runs a tool, asserts success, returns its stdout.
@@ -119,28 +65,6 @@ fn tool_ok(prog: &str, args: &[&str]) -> String {
         describe(&format!("{prog} {args:?}"), &out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Sends a signal with kill(1) (the crate forbids `unsafe`, so no libc here).
-fn send_signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// Waits for `child` to exit within `limit`.
-fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// SIGTERM, then SIGKILL after a bound; reaps the child.
@@ -161,256 +85,9 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-/// Whether a process runs (a zombie counts as gone).
-fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Helpers: the world of one test
 // ---------------------------------------------------------------------------------------------
-
-/// What one run of the binary did.
-struct Out {
-    args: Vec<String>,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn describe(&self) -> String {
-        format!(
-            "lazyblock {:?}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.args, self.status, self.stdout, self.stderr
-        )
-    }
-
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert!(
-            self.status.success(),
-            "expected success\n{}",
-            self.describe()
-        );
-        self
-    }
-
-    /// Asserts a failure with exit status in `codes` and exactly one `error: ` line on stderr
-    /// containing every needle; returns the line.
-    #[track_caller]
-    fn fails_with(&self, codes: &[i32], needles: &[&str]) -> String {
-        assert!(
-            !self.status.success(),
-            "expected failure\n{}",
-            self.describe()
-        );
-        assert!(
-            self.status.code().is_some_and(|c| codes.contains(&c)),
-            "exit status should be one of {codes:?}\n{}",
-            self.describe()
-        );
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "stderr must be exactly one line\n{}",
-            self.describe()
-        );
-        let line = lines[0];
-        assert!(
-            line.starts_with("error: "),
-            "stderr must start with `error: `\n{}",
-            self.describe()
-        );
-        for needle in needles {
-            assert!(
-                line.contains(needle),
-                "the error line does not mention {needle:?}\n{}",
-                self.describe()
-            );
-        }
-        line.to_owned()
-    }
-}
-
-/// A private world for one test: a temporary HOME with store, keyring, cache and run dir.
-/// Dropping it first sweeps any mount or loop device left under its directory.
-struct World {
-    tmp: tempfile::TempDir,
-}
-
-impl World {
-    fn new() -> Self {
-        Self {
-            tmp: tempfile::Builder::new()
-                .prefix("lazyblock-agent-")
-                .tempdir()
-                .expect("tempdir"),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    fn store(&self) -> PathBuf {
-        self.path().join("store")
-    }
-
-    fn chunks_dir(&self) -> PathBuf {
-        self.store().join("roots/r0/chunks")
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.path().join("cache")
-    }
-
-    fn run_dir(&self) -> PathBuf {
-        self.path().join("run")
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            let Some(k) = key.to_str() else { continue };
-            if k.starts_with("LAZYBLOCK_")
-                || k.starts_with("XDG_")
-                || k.starts_with("AWS_")
-                || k == "RUST_LOG"
-            {
-                cmd.env_remove(&key);
-            }
-        }
-        cmd.env("HOME", self.path())
-            .env(
-                "LAZYBLOCK_STORE",
-                format!("file://{}", self.store().display()),
-            )
-            .env("LAZYBLOCK_KEYS_DIR", self.path().join("keys"))
-            .env("LAZYBLOCK_CACHE_DIR", self.cache())
-            .env("LAZYBLOCK_RUN_DIR", self.run_dir())
-            .current_dir(self.path());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Out {
-        let mut cmd = self.command();
-        cmd.args(args);
-        let out = run_bounded(cmd, TOOL_LIMIT);
-        Out {
-            args: args.iter().map(|s| s.to_string()).collect(),
-            status: out.status,
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// Names of the chunk files in the store.
-    fn store_chunks(&self) -> BTreeSet<String> {
-        file_names(&files_in(&self.chunks_dir()))
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        sweep_mounts_under(self.path());
-    }
-}
-
-/// Unmounts (lazily) every mount under `root`, deepest first, and detaches every loop device
-/// backed by a file under `root`. The last line of defence before the temp dir is removed.
-fn sweep_mounts_under(root: &Path) {
-    let mut under: Vec<PathBuf> = mounts_under(root);
-    under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for m in under {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(&m)
-            .stderr(Stdio::null())
-            .status();
-    }
-    for dev in loops_backed_under(root) {
-        let _ = Command::new("losetup")
-            .args(["-d", &dev])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// Mount points (from /proc/self/mountinfo) at or under `root`.
-fn mounts_under(root: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(m.replace("\\040", " ")))
-        .filter(|m| m.starts_with(root))
-        .collect()
-}
-
-/// Loop devices (from `losetup -a`) whose backing file is under `root`.
-fn loops_backed_under(root: &Path) -> Vec<String> {
-    let Ok(out) = Command::new("losetup").arg("-a").output() else {
-        return Vec::new();
-    };
-    let root = root.to_string_lossy().into_owned();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&root))
-        .filter_map(|l| l.split(':').next().map(str::to_owned))
-        .collect()
-}
-
-fn is_mountpoint(dir: &Path) -> bool {
-    mounts_under(dir).iter().any(|m| m == dir)
-}
-
-/// Regular files directly in `dir`, sorted (none if `dir` does not exist).
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut v: Vec<PathBuf> = rd
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    v.sort();
-    v
-}
-
-/// Files in `<cache>/chunks/*/*`.
-fn cache_chunk_files(cache: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(cache.join("chunks")) else {
-        return Vec::new();
-    };
-    let mut v = Vec::new();
-    for e in rd {
-        let p = e.expect("dir entry").path();
-        if p.is_dir() {
-            v.extend(files_in(&p));
-        }
-    }
-    v.sort();
-    v
-}
-
-fn file_names(files: &[PathBuf]) -> BTreeSet<String> {
-    files
-        .iter()
-        .map(|p| {
-            p.file_name()
-                .expect("file name")
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect()
-}
 
 fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
@@ -457,7 +134,7 @@ struct Fixture {
 /// Makes the tree, the ext4 image (`mke2fs -d`) and builds it into a fresh store as [`IMAGE`];
 /// checks that `lazyblock export` returns the image file.
 fn fixture(seed: u64) -> Fixture {
-    let w = World::new();
+    let w = World::new("lazyblock-agent-", TOOL_LIMIT);
     let tree = w.path().join("tree");
     for d in ["etc", "bin", "data"] {
         std::fs::create_dir_all(tree.join(d)).expect("mkdir tree");
@@ -608,60 +285,6 @@ impl Drop for Server {
     }
 }
 
-/// What the summary line of an agent reports.
-#[derive(Debug, Default, Clone, Copy)]
-struct Summary {
-    reads: u64,
-    writes: u64,
-    origin_chunks: u64,
-    prefetched: u64,
-    origin_errors: u64,
-}
-
-/// Finds and parses `lazyblock: <image>: reads N (..), writes N (..), ..., origin N chunks ..
-/// in N requests (N prefetched, N errors)...` in `stderr`.
-#[track_caller]
-fn parse_summary(stderr: &str) -> Summary {
-    let prefix = format!("lazyblock: {IMAGE}: reads ");
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&prefix)).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected exactly one summary line `{prefix}...`:\n{stderr}"
-    );
-    let t: Vec<&str> = lines[0].split_whitespace().collect();
-    let num = |s: &str| -> Option<u64> {
-        s.trim_matches(|c: char| !c.is_ascii_digit())
-            .parse()
-            .ok()
-            .filter(|_| s.starts_with(|c: char| c.is_ascii_digit() || c == '('))
-    };
-    let after = |key: &str| -> u64 {
-        t.windows(2)
-            .find(|w| w[0] == key && num(w[1]).is_some())
-            .and_then(|w| num(w[1]))
-            .unwrap_or_else(|| panic!("no `{key} N` in summary {:?}", lines[0]))
-    };
-    let before = |key: &str| -> u64 {
-        t.windows(2)
-            .find(|w| w[1].starts_with(key))
-            .and_then(|w| num(w[0]))
-            .unwrap_or_else(|| panic!("no `N {key}` in summary {:?}", lines[0]))
-    };
-    let origin_chunks = t
-        .windows(3)
-        .find(|w| w[0] == "origin" && w[2] == "chunks")
-        .and_then(|w| num(w[1]))
-        .unwrap_or_else(|| panic!("no `origin N chunks` in summary {:?}", lines[0]));
-    Summary {
-        reads: after("reads"),
-        writes: after("writes"),
-        origin_chunks,
-        prefetched: before("prefetched,"),
-        origin_errors: before("errors)"),
-    }
-}
-
 fn unix_arg(sock: &Path) -> String {
     format!("unix:{}", sock.display())
 }
@@ -748,7 +371,7 @@ fn nbd_export_equals_lazyblock_export() {
         Some(0),
         "serve exits 0 on SIGTERM:\n{stderr}"
     );
-    let s = parse_summary(&stderr);
+    let s = parse_summary(&stderr, IMAGE);
     assert!(s.origin_chunks > 0, "{s:?}\n{stderr}");
     assert!(s.reads > 0, "{s:?}\n{stderr}");
     assert_eq!(s.writes, 0, "{stderr}");
@@ -872,7 +495,7 @@ fn writes_persist_across_restart_and_never_reach_store_or_cache() {
 
     let (status, stderr) = server.stop();
     assert_eq!(status.code(), Some(0), "{stderr}");
-    let s = parse_summary(&stderr);
+    let s = parse_summary(&stderr, IMAGE);
     assert!(s.writes >= writes.len() as u64, "{s:?}\n{stderr}");
 
     // Nothing the guest wrote reached the store or the cache: the store holds the same chunk
@@ -1125,7 +748,7 @@ fn two_agents_sharing_a_cache_fetch_each_chunk_once() {
     for server in servers {
         let (status, stderr) = server.stop();
         assert_eq!(status.code(), Some(0), "{stderr}");
-        let s = parse_summary(&stderr);
+        let s = parse_summary(&stderr, IMAGE);
         assert_eq!(s.origin_errors, 0, "{stderr}");
         assert_eq!(s.prefetched, 0, "--no-readahead and no profile: {stderr}");
         assert!(s.reads > 0, "every agent served reads: {stderr}");
@@ -1268,7 +891,11 @@ fn metrics_endpoint_serves_prometheus_text() {
     let (status, stderr) = server.stop();
     assert_eq!(status.code(), Some(0), "{stderr}");
     // The summary agrees with the endpoint (no reads happened in between).
-    assert_eq!(parse_summary(&stderr).reads as f64, reads, "{stderr}");
+    assert_eq!(
+        parse_summary(&stderr, IMAGE).reads as f64,
+        reads,
+        "{stderr}"
+    );
 }
 
 /// A request that arrives in two TCP segments is still one request.
@@ -1386,7 +1013,7 @@ fn origin_unreachable_gives_io_errors_not_a_hang() {
     );
     let (status, stderr) = server.stop();
     assert_eq!(status.code(), Some(0), "{stderr}");
-    let s = parse_summary(&stderr);
+    let s = parse_summary(&stderr, IMAGE);
     assert!(s.origin_errors >= 1, "{s:?}\n{stderr}");
     assert!(s.origin_chunks >= 1, "{s:?}\n{stderr}");
 }
@@ -1394,52 +1021,6 @@ fn origin_unreachable_gives_io_errors_not_a_hang() {
 // ---------------------------------------------------------------------------------------------
 // 7. mount / umount
 // ---------------------------------------------------------------------------------------------
-
-/// Undoes a `lazyblock mount` of `dir`: `lazyblock umount`, then `umount -l` and `losetup -d`,
-/// and kills a background agent that is still running.
-struct MountGuard<'a> {
-    w: &'a World,
-    dir: PathBuf,
-}
-
-impl Drop for MountGuard<'_> {
-    fn drop(&mut self) {
-        if is_mountpoint(&self.dir) {
-            let mut cmd = self.w.command();
-            cmd.arg("umount").arg(&self.dir);
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            if let Ok(mut child) = cmd.spawn() {
-                if wait_bounded(&mut child, Duration::from_secs(90)).is_none() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-            }
-        }
-        if is_mountpoint(&self.dir) {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-        // Agents of this world still running (their pid files are under the run dir).
-        let states = std::fs::read_dir(self.w.run_dir().join("mounts"))
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e.ok().map(|e| e.path().join("agent.pid")));
-        for pid_file in states {
-            let Ok(text) = std::fs::read_to_string(&pid_file) else {
-                continue;
-            };
-            let Ok(pid) = text.trim().parse::<u32>() else {
-                continue;
-            };
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            if process_alive(pid) && String::from_utf8_lossy(&cmdline).contains(BIN) {
-                send_signal(pid, "KILL");
-            }
-        }
-        sweep_mounts_under(&self.w.run_dir());
-    }
-}
 
 fn mount_guard<'a>(w: &'a World, name: &str) -> (MountGuard<'a>, PathBuf) {
     let dir = w.path().join(name);
@@ -1462,18 +1043,6 @@ fn agent_pid(stderr: &str) -> u32 {
         .unwrap_or_else(|| panic!("no agent pid in {stderr:?}"))
 }
 
-/// Asserts nothing of this world is mounted or attached to a loop device.
-#[track_caller]
-fn assert_nothing_mounted(w: &World) {
-    let left = mounts_under(w.path());
-    assert!(left.is_empty(), "mounts left under the test dir: {left:?}");
-    let loops = loops_backed_under(&w.run_dir());
-    assert!(
-        loops.is_empty(),
-        "loop devices backed by files under the run dir: {loops:?}"
-    );
-}
-
 /// `lazyblock umount <dir>`: succeeds, prints the summary and "unmounted", the agent is gone.
 #[track_caller]
 fn umount_ok(w: &World, dir: &Path, pid: u32) -> Summary {
@@ -1485,7 +1054,7 @@ fn umount_ok(w: &World, dir: &Path, pid: u32) -> Summary {
         "{}",
         out.describe()
     );
-    let s = parse_summary(&out.stderr);
+    let s = parse_summary(&out.stderr, IMAGE);
     assert!(!is_mountpoint(dir), "{} is still mounted", dir.display());
     assert!(!process_alive(pid), "the agent {pid} is still running");
     s
@@ -1584,7 +1153,7 @@ fn mount_runs_a_program_and_umount_cleans_up() {
 
 #[test]
 fn bad_arguments() {
-    let w = World::new();
+    let w = World::new("lazyblock-agent-", TOOL_LIMIT);
     let src = w.path().join("small.raw");
     std::fs::write(&src, random_bytes(8, 100_000)).expect("write");
     let source = format!("raw:{}", src.display());
@@ -1620,7 +1189,7 @@ fn bad_arguments() {
 /// A usage error for a missing required argument must name the argument in its one line.
 #[test]
 fn missing_required_argument_is_named() {
-    let w = World::new();
+    let w = World::new("lazyblock-agent-", TOOL_LIMIT);
     let out = w.run(&["serve", IMAGE]);
     out.fails_with(&[2], &["--nbd"]);
     let out = w.run(&["mount", IMAGE]);

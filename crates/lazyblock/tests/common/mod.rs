@@ -1,0 +1,470 @@
+//! Helpers shared by the binary's end-to-end tests of the agent (`tests/agent.rs`,
+//! `tests/corpus_mount.rs`): bounded runs of tools and of `lazyblock`, a private [`World`]
+//! (temporary HOME, store, keyring, worker cache, mount state) that sweeps leftover mounts and
+//! loop devices when dropped, [`MountGuard`], and the parser of the agent's summary line.
+//!
+//! Each test crate uses a part of it.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_lazyblock");
+
+/// Runs a command to completion with a bound; kills it and panics when the bound passes.
+pub(crate) fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let mut out_pipe = child.stdout.take().expect("stdout pipe");
+    let mut err_pipe = child.stderr.take().expect("stderr pipe");
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out_pipe.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err_pipe.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = out_reader.join().unwrap_or_default();
+            let stderr = err_reader.join().unwrap_or_default();
+            panic!(
+                "{what} did not finish within {limit:?} (killed)\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+pub(crate) fn describe(what: &str, out: &Output) -> String {
+    format!(
+        "{what}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Sends a signal with kill(1) (the crate forbids `unsafe`, so no libc here).
+pub(crate) fn send_signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Waits for `child` to exit within `limit`.
+pub(crate) fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process runs (a zombie counts as gone).
+pub(crate) fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// What one run of the binary did.
+pub(crate) struct Out {
+    pub(crate) args: Vec<String>,
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Out {
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "lazyblock {:?}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.args, self.status, self.stdout, self.stderr
+        )
+    }
+
+    #[track_caller]
+    pub(crate) fn ok(self) -> Self {
+        assert!(
+            self.status.success(),
+            "expected success\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    /// Asserts a failure with exit status in `codes` and exactly one `error: ` line on stderr
+    /// containing every needle; returns the line.
+    #[track_caller]
+    pub(crate) fn fails_with(&self, codes: &[i32], needles: &[&str]) -> String {
+        assert!(
+            !self.status.success(),
+            "expected failure\n{}",
+            self.describe()
+        );
+        assert!(
+            self.status.code().is_some_and(|c| codes.contains(&c)),
+            "exit status should be one of {codes:?}\n{}",
+            self.describe()
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "stderr must be exactly one line\n{}",
+            self.describe()
+        );
+        let line = lines[0];
+        assert!(
+            line.starts_with("error: "),
+            "stderr must start with `error: `\n{}",
+            self.describe()
+        );
+        for needle in needles {
+            assert!(
+                line.contains(needle),
+                "the error line does not mention {needle:?}\n{}",
+                self.describe()
+            );
+        }
+        line.to_owned()
+    }
+}
+
+/// A private world for one test: a temporary HOME with store, keyring, cache and run dir.
+/// Dropping it first sweeps any mount or loop device left under its directory.
+pub(crate) struct World {
+    tmp: tempfile::TempDir,
+    limit: Duration,
+}
+
+impl World {
+    /// A fresh world in a temporary directory named `<prefix>…`; every `lazyblock` run is
+    /// bounded by `limit`.
+    pub(crate) fn new(prefix: &str, limit: Duration) -> Self {
+        Self {
+            tmp: tempfile::Builder::new()
+                .prefix(prefix)
+                .tempdir()
+                .expect("tempdir"),
+            limit,
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub(crate) fn store(&self) -> PathBuf {
+        self.path().join("store")
+    }
+
+    pub(crate) fn chunks_dir(&self) -> PathBuf {
+        self.store().join("roots/r0/chunks")
+    }
+
+    pub(crate) fn cache(&self) -> PathBuf {
+        self.path().join("cache")
+    }
+
+    pub(crate) fn run_dir(&self) -> PathBuf {
+        self.path().join("run")
+    }
+
+    pub(crate) fn command(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        for (key, _) in std::env::vars_os() {
+            let Some(k) = key.to_str() else { continue };
+            if k.starts_with("LAZYBLOCK_")
+                || k.starts_with("XDG_")
+                || k.starts_with("AWS_")
+                || k == "RUST_LOG"
+            {
+                cmd.env_remove(&key);
+            }
+        }
+        cmd.env("HOME", self.path())
+            .env(
+                "LAZYBLOCK_STORE",
+                format!("file://{}", self.store().display()),
+            )
+            .env("LAZYBLOCK_KEYS_DIR", self.path().join("keys"))
+            .env("LAZYBLOCK_CACHE_DIR", self.cache())
+            .env("LAZYBLOCK_RUN_DIR", self.run_dir())
+            .current_dir(self.path());
+        cmd
+    }
+
+    pub(crate) fn run(&self, args: &[&str]) -> Out {
+        let mut cmd = self.command();
+        cmd.args(args);
+        let out = run_bounded(cmd, self.limit);
+        Out {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Names of the chunk files in the store.
+    pub(crate) fn store_chunks(&self) -> BTreeSet<String> {
+        file_names(&files_in(&self.chunks_dir()))
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        sweep_mounts_under(self.path());
+    }
+}
+
+/// Unmounts (lazily) every mount under `root`, deepest first, and detaches every loop device
+/// backed by a file under `root`. The last line of defence before the temp dir is removed.
+pub(crate) fn sweep_mounts_under(root: &Path) {
+    let mut under: Vec<PathBuf> = mounts_under(root);
+    under.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for m in under {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&m)
+            .stderr(Stdio::null())
+            .status();
+    }
+    for dev in loops_backed_under(root) {
+        let _ = Command::new("losetup")
+            .args(["-d", &dev])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Mount points (from /proc/self/mountinfo) at or under `root`.
+pub(crate) fn mounts_under(root: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read mountinfo");
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(root))
+        .collect()
+}
+
+/// Loop devices (from `losetup -a`) whose backing file is under `root`.
+pub(crate) fn loops_backed_under(root: &Path) -> Vec<String> {
+    let Ok(out) = Command::new("losetup").arg("-a").output() else {
+        return Vec::new();
+    };
+    let root = root.to_string_lossy().into_owned();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&root))
+        .filter_map(|l| l.split(':').next().map(str::to_owned))
+        .collect()
+}
+
+pub(crate) fn is_mountpoint(dir: &Path) -> bool {
+    mounts_under(dir).iter().any(|m| m == dir)
+}
+
+/// Regular files directly in `dir`, sorted (none if `dir` does not exist).
+pub(crate) fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = rd
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Files in `<cache>/chunks/*/*`.
+pub(crate) fn cache_chunk_files(cache: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(cache.join("chunks")) else {
+        return Vec::new();
+    };
+    let mut v = Vec::new();
+    for e in rd {
+        let p = e.expect("dir entry").path();
+        if p.is_dir() {
+            v.extend(files_in(&p));
+        }
+    }
+    v.sort();
+    v
+}
+
+pub(crate) fn file_names(files: &[PathBuf]) -> BTreeSet<String> {
+    files
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
+/// Undoes a `lazyblock mount` of `dir`: `lazyblock umount`, then `umount -l` and `losetup -d`,
+/// and kills a background agent that is still running.
+pub(crate) struct MountGuard<'a> {
+    pub(crate) w: &'a World,
+    pub(crate) dir: PathBuf,
+}
+
+impl Drop for MountGuard<'_> {
+    fn drop(&mut self) {
+        if is_mountpoint(&self.dir) {
+            let mut cmd = self.w.command();
+            cmd.arg("umount").arg(&self.dir);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Ok(mut child) = cmd.spawn() {
+                if wait_bounded(&mut child, Duration::from_secs(90)).is_none() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        if is_mountpoint(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+        // Agents of this world still running (their pid files are under the run dir).
+        let states = std::fs::read_dir(self.w.run_dir().join("mounts"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path().join("agent.pid")));
+        for pid_file in states {
+            let Ok(text) = std::fs::read_to_string(&pid_file) else {
+                continue;
+            };
+            let Ok(pid) = text.trim().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if process_alive(pid) && String::from_utf8_lossy(&cmdline).contains(BIN) {
+                send_signal(pid, "KILL");
+            }
+        }
+        sweep_mounts_under(&self.w.run_dir());
+    }
+}
+
+/// Asserts nothing of this world is mounted or attached to a loop device.
+#[track_caller]
+pub(crate) fn assert_nothing_mounted(w: &World) {
+    let left = mounts_under(w.path());
+    assert!(left.is_empty(), "mounts left under the test dir: {left:?}");
+    let loops = loops_backed_under(&w.run_dir());
+    assert!(
+        loops.is_empty(),
+        "loop devices backed by files under the run dir: {loops:?}"
+    );
+}
+
+/// What the summary line of an agent reports.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Summary {
+    pub(crate) reads: u64,
+    pub(crate) writes: u64,
+    pub(crate) disk_hits: u64,
+    pub(crate) origin_chunks: u64,
+    /// As printed, e.g. `95.0 MiB`.
+    pub(crate) origin_bytes: String,
+    pub(crate) prefetched: u64,
+    pub(crate) origin_errors: u64,
+    pub(crate) guest_chunks: u64,
+}
+
+/// Finds and parses the one summary line of `image` in `stderr`: `lazyblock: <image>: reads N
+/// (..), writes N (..), chunk hits memory N disk N origin N, origin N chunks X (N prefetched,
+/// N errors)..., guest read N distinct chunks`.
+#[track_caller]
+pub(crate) fn parse_summary(stderr: &str, image: &str) -> Summary {
+    let prefix = format!("lazyblock: {image}: reads ");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&prefix)).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one summary line `{prefix}...`:\n{stderr}"
+    );
+    let line = lines[0];
+    let t: Vec<&str> = line.split_whitespace().collect();
+    let num = |s: &str| -> Option<u64> {
+        s.trim_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .ok()
+            .filter(|_| s.starts_with(|c: char| c.is_ascii_digit() || c == '('))
+    };
+    let after = |key: &str| -> u64 {
+        t.windows(2)
+            .find(|w| w[0] == key && num(w[1]).is_some())
+            .and_then(|w| num(w[1]))
+            .unwrap_or_else(|| panic!("no `{key} N` in summary {line:?}"))
+    };
+    let before = |key: &str| -> u64 {
+        t.windows(2)
+            .find(|w| w[1].starts_with(key))
+            .and_then(|w| num(w[0]))
+            .unwrap_or_else(|| panic!("no `N {key}` in summary {line:?}"))
+    };
+    // `origin N chunks <number> <unit>`
+    let (origin_chunks, origin_bytes) = t
+        .windows(5)
+        .find(|w| w[0] == "origin" && w[2] == "chunks" && num(w[1]).is_some())
+        .map(|w| (num(w[1]).unwrap_or_default(), format!("{} {}", w[3], w[4])))
+        .unwrap_or_else(|| panic!("no `origin N chunks X U` in summary {line:?}"));
+    let guest_chunks = t
+        .windows(4)
+        .find(|w| w[0] == "guest" && w[1] == "read" && w[3] == "distinct")
+        .and_then(|w| num(w[2]))
+        .unwrap_or_else(|| panic!("no `guest read N distinct chunks` in summary {line:?}"));
+    Summary {
+        reads: after("reads"),
+        writes: after("writes"),
+        disk_hits: after("disk"),
+        origin_chunks,
+        origin_bytes,
+        prefetched: before("prefetched,"),
+        origin_errors: before("errors)"),
+        guest_chunks,
+    }
+}
