@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,17 +95,6 @@ struct Flight {
     urgent: Arc<Notify>,
 }
 
-/// Process-wide fetcher statistics (per-device ones live in [`DeviceMetrics`]).
-#[derive(Debug, Default)]
-pub struct FetcherStats {
-    /// Flights started (misses of the memory tier not joined to another flight).
-    pub flights: AtomicU64,
-    /// Callers that joined a flight already under way.
-    pub joined: AtomicU64,
-    /// Disk-tier errors (reads or writes) since start.
-    pub disk_errors: AtomicU64,
-}
-
 /// The shared fetch path. Cheap to share: wrap it in an [`Arc`].
 pub struct ChunkFetcher {
     origin: Arc<dyn ChunkStore>,
@@ -117,7 +106,6 @@ pub struct ChunkFetcher {
     demand: Arc<Semaphore>,
     prefetch: Arc<Semaphore>,
     config: FetcherConfig,
-    stats: FetcherStats,
 }
 
 impl std::fmt::Debug for ChunkFetcher {
@@ -157,18 +145,12 @@ impl ChunkFetcher {
             demand: Arc::new(Semaphore::new(config.demand_fetches.max(1))),
             prefetch: Arc::new(Semaphore::new(config.prefetch_fetches.max(1))),
             config,
-            stats: FetcherStats::default(),
         }
     }
 
     /// Whether a usable disk tier is attached.
     pub fn has_disk_tier(&self) -> bool {
         self.disk.is_some() && !self.disk_disabled.load(Ordering::Relaxed)
-    }
-
-    /// Process-wide statistics.
-    pub fn stats(&self) -> &FetcherStats {
-        &self.stats
     }
 
     /// Whether the chunk is in the memory tier (no access recorded).
@@ -191,14 +173,12 @@ impl ChunkFetcher {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             match inflight.get(&req.name) {
                 Some(f) => {
-                    self.stats.joined.fetch_add(1, Ordering::Relaxed);
                     if priority == Priority::Demand {
                         f.urgent.notify_one();
                     }
                     f.result.clone()
                 }
                 None => {
-                    self.stats.flights.fetch_add(1, Ordering::Relaxed);
                     let urgent = Arc::new(Notify::new());
                     let this = Arc::clone(self);
                     let task = tokio::spawn(this.fly(
@@ -311,7 +291,6 @@ impl ChunkFetcher {
     }
 
     fn disk_failed(&self, what: &str, message: &str, kind: CacheErrorKind) {
-        self.stats.disk_errors.fetch_add(1, Ordering::Relaxed);
         match kind {
             CacheErrorKind::NoSpace => {
                 if !self.disk_full_warned.swap(true, Ordering::Relaxed) {

@@ -148,7 +148,6 @@ struct RunResult {
     seconds: f64,
     origin_chunks: u64,
     origin_bytes: u64,
-    origin_requests: u64,
     guest_chunks: u64,
     prefetched: u64,
     tier_hits: [u64; 4],
@@ -339,7 +338,6 @@ impl Bench {
                     seconds,
                     origin_chunks: report.chunks_fetched,
                     origin_bytes: report.bytes_fetched,
-                    origin_requests: report.chunks_fetched + 2,
                     ..RunResult::default()
                 })
             }
@@ -484,7 +482,6 @@ impl Bench {
             seconds,
             origin_chunks: get(&m.origin_chunks),
             origin_bytes: get(&m.origin_bytes),
-            origin_requests: m.origin_latency.count() + 2 + u64::from(lazy.replay),
             guest_chunks: source.chunks_read(),
             prefetched: get(&m.prefetched_chunks),
             tier_hits: Tier::ALL.map(|t| m.hits(t)),
@@ -531,7 +528,6 @@ impl Bench {
                     "ratio_vs_local": r.seconds / local.max(1e-9),
                     "origin_chunks": r.origin_chunks,
                     "origin_bytes": r.origin_bytes,
-                    "origin_requests": r.origin_requests,
                     "guest_chunks_read": r.guest_chunks,
                     "prefetched_chunks": r.prefetched,
                     "chunk_hits": {"memory": r.tier_hits[1], "disk": r.tier_hits[2], "origin": r.tier_hits[3]},
