@@ -413,6 +413,38 @@ async fn a_corrupt_cache_file_is_dropped_and_refetched() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_origin_chunk_is_never_served_or_cached() {
+    let f = fixture().await;
+    let cache = f.cache_dir();
+    let dev = SourceDevice(f.source(f.fetcher(Some(&cache)), ro()).await);
+    let opened = open_image(&f.ctx, &f.image_ref).await.expect("open");
+    let name = opened.manifest.chunk(0).expect("chunk 0 holds data");
+    let path = f
+        .tmp
+        .path()
+        .join("store/roots/r0/chunks")
+        .join(name.to_hex());
+    let good = std::fs::read(&path).expect("stored chunk");
+    let mut bad = good.clone();
+    bad[7] ^= 0x40;
+    std::fs::write(&path, &bad).expect("corrupt it at the origin");
+    let err = dev.read(0, 4096).await.expect_err("corrupt at the origin");
+    assert_eq!(err.kind(), DeviceErrorKind::Io);
+    assert!(err.to_string().contains("corrupt"), "{err}");
+    assert!(
+        !cache
+            .join("chunks")
+            .join(&name.to_hex()[..2])
+            .join(name.to_hex())
+            .exists(),
+        "a corrupt chunk must not enter the disk cache"
+    );
+    // Repaired at the origin: the same device serves the right bytes.
+    std::fs::write(&path, &good).expect("repair");
+    assert_eq!(dev.read(0, 4096).await.expect("read"), f.image[..4096]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unusable_cache_directory_still_serves() {
     let f = fixture().await;
     let not_a_dir = f.tmp.path().join("file");
