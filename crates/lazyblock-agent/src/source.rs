@@ -183,14 +183,6 @@ impl BlockSource {
         self.lock_touched().count
     }
 
-    /// Whether the guest has read chunk `index` (any part of it) since the device started.
-    pub fn was_read(&self, index: u64) -> bool {
-        let t = self.lock_touched();
-        t.bits
-            .get((index / 64) as usize)
-            .is_some_and(|w| w & (1 << (index % 64)) != 0)
-    }
-
     /// Time since the guest last read a chunk it had not read before.
     pub fn idle_for(&self) -> Duration {
         self.last_new_chunk
