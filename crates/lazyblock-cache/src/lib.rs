@@ -27,6 +27,7 @@
 
 pub mod disk;
 pub mod error;
+pub mod l2;
 pub mod mem;
 pub mod policy;
 
