@@ -1,5 +1,6 @@
 //! The chunk fetch path shared by every device of an agent process: worker cache (memory, then
-//! disk), single flight, bounded origin fetches with two priorities, verification.
+//! disk), the AZ cache tier (L2, when configured), single flight, bounded origin fetches with
+//! two priorities, verification, background L2 fills.
 //!
 //! Invariants:
 //! - Every tier holds ciphertext, and nothing leaves this module unverified: origin bytes are
@@ -14,6 +15,11 @@
 //!   a demand read that joins a queued prefetch promotes it to the demand pool.
 //! - A broken disk tier (unwritable, full) costs speed, never a read: the fetcher warns and
 //!   serves from memory and the origin.
+//! - The AZ tier is asked before an origin slot is taken (an L2 hit costs well under a
+//!   millisecond and no origin load). Its answers are verified by the tier itself; a miss or a
+//!   corrupt answer goes to the origin, and the origin's verified bytes are written back to the
+//!   AZ tier in the background (bounded, see `L2Tier::fill`). An AZ tier that is down costs
+//!   one timeout-bounded round of requests per miss, never a read.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
-use lazyblock_cache::{CacheErrorKind, DiskTier, MemTier};
+use lazyblock_cache::{CacheErrorKind, DiskTier, L2Get, L2Tier, MemTier};
 use lazyblock_format::{chunk_name_of, ChunkName, RootId};
 use lazyblock_store::{ChunkStore, StoreErrorKind};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -44,6 +50,8 @@ pub struct FetcherConfig {
     pub prefetch_fetches: usize,
     /// An origin fetch that takes longer fails (the store's own retries happen inside it).
     pub origin_timeout: Duration,
+    /// The AZ cache tier, asked after the worker cache and before the origin.
+    pub l2: Option<Arc<L2Tier>>,
 }
 
 impl Default for FetcherConfig {
@@ -54,6 +62,7 @@ impl Default for FetcherConfig {
             demand_fetches: 64,
             prefetch_fetches: 32,
             origin_timeout: Duration::from_secs(60),
+            l2: None,
         }
     }
 }
@@ -153,6 +162,11 @@ impl ChunkFetcher {
         self.disk.is_some() && !self.disk_disabled.load(Ordering::Relaxed)
     }
 
+    /// The AZ cache tier, if configured.
+    pub fn l2(&self) -> Option<&Arc<L2Tier>> {
+        self.config.l2.as_ref()
+    }
+
     /// Whether the chunk is in the memory tier (no access recorded).
     pub fn in_memory(&self, name: &ChunkName) -> bool {
         self.mem.contains(name.as_bytes())
@@ -243,6 +257,9 @@ impl ChunkFetcher {
                 return Ok((data, Tier::Disk));
             }
         }
+        if let Some(data) = self.l2_get(req, metrics).await {
+            return Ok((data, Tier::L2));
+        }
         // An origin slot first, then the disk tier's cross-process lock and a second look under
         // it: a prefetch waiting for a slot never holds a lock stripe a demand fetch needs.
         let permit = self.permit(priority, &urgent).await;
@@ -264,6 +281,9 @@ impl ChunkFetcher {
         let data = self.origin_fetch(req, priority, metrics).await;
         drop(permit);
         let data = data?;
+        if let Some(l2) = &self.config.l2 {
+            l2.fill(id, data.clone());
+        }
         if self.has_disk_tier() {
             let this = Arc::clone(self);
             let bytes = data.clone();
@@ -276,6 +296,34 @@ impl ChunkFetcher {
         }
         drop(lock);
         Ok((data, Tier::Origin))
+    }
+
+    async fn l2_get(
+        self: &Arc<Self>,
+        req: &ChunkRequest,
+        metrics: &DeviceMetrics,
+    ) -> Option<Bytes> {
+        let l2 = self.config.l2.as_ref()?;
+        let started = Instant::now();
+        match l2.get(req.name.as_bytes(), req.len).await {
+            L2Get::Hit { data, .. } => {
+                metrics.l2_latency.record(started.elapsed());
+                if self.has_disk_tier() {
+                    let this = Arc::clone(self);
+                    let id = *req.name.as_bytes();
+                    let bytes = data.clone();
+                    let put = tokio::task::spawn_blocking(move || {
+                        this.disk.as_ref().map(|d| d.put(&id, &bytes))
+                    })
+                    .await;
+                    if let Ok(Some(Err(e))) = put {
+                        self.disk_failed("write", &e.to_string(), e.kind());
+                    }
+                }
+                Some(data)
+            }
+            L2Get::Miss | L2Get::Corrupt => None,
+        }
     }
 
     async fn disk_get(self: &Arc<Self>, id: [u8; 32]) -> Option<Bytes> {

@@ -17,13 +17,21 @@ pub enum Tier {
     Memory,
     /// The worker cache's disk tier.
     Disk,
+    /// The AZ cache tier (erasure-coded stripes on memcached).
+    L2,
     /// The origin store.
     Origin,
 }
 
 impl Tier {
     /// All tiers, fastest first.
-    pub const ALL: [Tier; 4] = [Tier::Local, Tier::Memory, Tier::Disk, Tier::Origin];
+    pub const ALL: [Tier; 5] = [
+        Tier::Local,
+        Tier::Memory,
+        Tier::Disk,
+        Tier::L2,
+        Tier::Origin,
+    ];
 
     /// The label value used in metrics.
     pub fn label(self) -> &'static str {
@@ -31,6 +39,7 @@ impl Tier {
             Tier::Local => "local",
             Tier::Memory => "memory",
             Tier::Disk => "disk",
+            Tier::L2 => "az",
             Tier::Origin => "origin",
         }
     }
@@ -168,7 +177,7 @@ pub struct DeviceMetrics {
     /// Guest reads or writes that failed.
     pub errors: AtomicU64,
     /// Chunk lookups answered by each tier (index: [`Tier`] order).
-    pub chunk_hits: [AtomicU64; 4],
+    pub chunk_hits: [AtomicU64; 5],
     /// Chunks fetched from the origin for this device (demand and prefetch).
     pub origin_chunks: AtomicU64,
     /// Bytes fetched from the origin for this device.
@@ -178,9 +187,12 @@ pub struct DeviceMetrics {
     /// Of `origin_chunks`, those fetched by read-ahead or profile replay.
     pub prefetched_chunks: AtomicU64,
     /// Read latency, by the slowest tier the read needed (index: [`Tier`] order).
-    pub read_latency: [Histogram; 4],
+    pub read_latency: [Histogram; 5],
     /// Latency of origin fetches.
     pub origin_latency: Histogram,
+    /// Latency of AZ cache reads that returned a chunk (all stripe requests, rebuild and
+    /// verification included).
+    pub l2_latency: Histogram,
 }
 
 impl DeviceMetrics {
@@ -203,13 +215,14 @@ impl DeviceMetrics {
     pub fn summary(&self) -> String {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut line = format!(
-            "reads {} ({}), writes {} ({}), chunk hits memory {} disk {} origin {}, origin {} chunks {} ({} prefetched, {} errors)",
+            "reads {} ({}), writes {} ({}), chunk hits memory {} disk {} az {} origin {}, origin {} chunks {} ({} prefetched, {} errors)",
             get(&self.reads),
             human_bytes(get(&self.read_bytes)),
             get(&self.writes),
             human_bytes(get(&self.write_bytes)),
             self.hits(Tier::Memory),
             self.hits(Tier::Disk),
+            self.hits(Tier::L2),
             self.hits(Tier::Origin),
             get(&self.origin_chunks),
             human_bytes(get(&self.origin_bytes)),
@@ -342,7 +355,7 @@ pub fn render_prometheus(devices: &[(String, &DeviceMetrics)]) -> String {
         "# HELP {name} Chunk lookups answered, by tier.\n# TYPE {name} counter"
     );
     for (dev, m) in devices {
-        for tier in [Tier::Memory, Tier::Disk, Tier::Origin] {
+        for tier in [Tier::Memory, Tier::Disk, Tier::L2, Tier::Origin] {
             let _ = writeln!(
                 out,
                 "{name}{{device=\"{}\",tier=\"{}\"}} {}",
@@ -371,6 +384,102 @@ pub fn render_prometheus(devices: &[(String, &DeviceMetrics)]) -> String {
     for (dev, m) in devices {
         let labels = format!("device=\"{}\"", escape(dev));
         prom_histogram(&mut out, name, &labels, &m.origin_latency);
+    }
+    let name = "lazyblock_az_fetch_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Latency of chunk reads answered by the AZ cache (rebuild and verification included).\n# TYPE {name} histogram"
+    );
+    for (dev, m) in devices {
+        let labels = format!("device=\"{}\"", escape(dev));
+        prom_histogram(&mut out, name, &labels, &m.l2_latency);
+    }
+    out
+}
+
+/// Renders the process-wide AZ cache counters in the Prometheus text format.
+pub fn render_l2_prometheus(stats: &lazyblock_cache::L2Stats) -> String {
+    let mut out = String::new();
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let rows: [(&str, &str, &str, u64); 12] = [
+        (
+            "lazyblock_az_hits_total",
+            "counter",
+            "AZ cache reads answered with a verified chunk.",
+            get(&stats.hits),
+        ),
+        (
+            "lazyblock_az_misses_total",
+            "counter",
+            "AZ cache reads that found fewer than k stripes.",
+            get(&stats.misses),
+        ),
+        (
+            "lazyblock_az_corrupt_total",
+            "counter",
+            "AZ cache reads whose stripes did not rebuild the chunk (never served).",
+            get(&stats.corrupt),
+        ),
+        (
+            "lazyblock_az_rebuilds_total",
+            "counter",
+            "AZ cache hits that needed a parity stripe.",
+            get(&stats.rebuilds),
+        ),
+        (
+            "lazyblock_az_stripes_missing_total",
+            "counter",
+            "Stripes a node did not have.",
+            get(&stats.stripes_missing),
+        ),
+        (
+            "lazyblock_az_stripes_failed_total",
+            "counter",
+            "Stripe requests that failed or timed out.",
+            get(&stats.stripes_failed),
+        ),
+        (
+            "lazyblock_az_stripes_late_total",
+            "counter",
+            "Stripe requests cancelled because k stripes had arrived.",
+            get(&stats.stripes_late),
+        ),
+        (
+            "lazyblock_az_stripes_invalid_total",
+            "counter",
+            "Stripes with a malformed or mismatched frame.",
+            get(&stats.stripes_invalid),
+        ),
+        (
+            "lazyblock_az_fills_total",
+            "counter",
+            "Chunk fills started after origin fetches.",
+            get(&stats.fills),
+        ),
+        (
+            "lazyblock_az_fills_dropped_total",
+            "counter",
+            "Chunk fills dropped because the fill backlog was full.",
+            get(&stats.fills_dropped),
+        ),
+        (
+            "lazyblock_az_fill_stripe_errors_total",
+            "counter",
+            "Stripe writes that failed.",
+            get(&stats.fill_stripe_errors),
+        ),
+        (
+            "lazyblock_az_fill_backlog",
+            "gauge",
+            "Chunk fills in flight.",
+            get(&stats.fill_backlog),
+        ),
+    ];
+    for (name, kind, help, value) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     }
     out
 }

@@ -23,6 +23,10 @@ pub enum CacheErrorKind {
     Version,
     /// Any other I/O error.
     Io,
+    /// A setting is invalid (e.g. an L2 tier with `k > n` or no nodes).
+    InvalidInput,
+    /// The AZ cache tier could not take a chunk (fewer than `k` stripes stored); retryable.
+    Unavailable,
 }
 
 /// An error of a cache tier.
@@ -63,6 +67,12 @@ pub enum CacheError {
         /// The line this build writes and accepts.
         expected: &'static str,
     },
+    /// An invalid setting.
+    #[error("{0}")]
+    Invalid(String),
+    /// The AZ cache tier stored fewer stripes of a chunk than it needs to rebuild it.
+    #[error("AZ cache: {0}")]
+    Unavailable(String),
     /// Another I/O error.
     #[error("cache I/O error: {op} {}: {source}", path.display())]
     Io {
@@ -76,6 +86,11 @@ pub enum CacheError {
 }
 
 impl CacheError {
+    /// An invalid setting, described in one line.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid(message.into())
+    }
+
     /// The kind of this error.
     pub fn kind(&self) -> CacheErrorKind {
         match self {
@@ -83,6 +98,8 @@ impl CacheError {
             Self::NoSpace { .. } => CacheErrorKind::NoSpace,
             Self::Version { .. } => CacheErrorKind::Version,
             Self::Io { .. } => CacheErrorKind::Io,
+            Self::Invalid(_) => CacheErrorKind::InvalidInput,
+            Self::Unavailable(_) => CacheErrorKind::Unavailable,
         }
     }
 

@@ -33,6 +33,7 @@ pub mod policy;
 
 pub use disk::{ChunkLock, Clock, DiskOptions, DiskStats, DiskTier, RescanReport, Verifier};
 pub use error::{CacheError, CacheErrorKind};
+pub use l2::{L2Config, L2Get, L2Stats, L2Tier};
 pub use mem::{MemStats, MemTier};
 pub use policy::S3Fifo;
 
