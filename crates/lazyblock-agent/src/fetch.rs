@@ -167,6 +167,17 @@ impl ChunkFetcher {
         self.config.l2.as_ref()
     }
 
+    /// Whether the worker cache (memory or disk tier index) holds the chunk; no access recorded,
+    /// no file looked at.
+    pub fn in_worker_cache(&self, name: &ChunkName) -> bool {
+        self.mem.contains(name.as_bytes())
+            || (self.has_disk_tier()
+                && self
+                    .disk
+                    .as_ref()
+                    .is_some_and(|d| d.contains(name.as_bytes())))
+    }
+
     /// Whether the chunk is in the memory tier (no access recorded).
     pub fn in_memory(&self, name: &ChunkName) -> bool {
         self.mem.contains(name.as_bytes())

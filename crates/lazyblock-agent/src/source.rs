@@ -168,6 +168,11 @@ impl BlockSource {
         &self.metrics
     }
 
+    /// The fetch path (worker cache, AZ tier, origin) this device reads through.
+    pub fn fetcher(&self) -> &Arc<ChunkFetcher> {
+        &self.fetcher
+    }
+
     /// The manifest served.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest

@@ -25,12 +25,14 @@
 //!                       drop(lock)
 //! ```
 
+pub mod admission;
 pub mod disk;
 pub mod error;
 pub mod l2;
 pub mod mem;
 pub mod policy;
 
+pub use admission::{StartSlot, StartSlots};
 pub use disk::{ChunkLock, Clock, DiskOptions, DiskStats, DiskTier, RescanReport, Verifier};
 pub use error::{CacheError, CacheErrorKind};
 pub use l2::{L2Config, L2Get, L2Stats, L2Tier};

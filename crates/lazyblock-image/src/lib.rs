@@ -17,7 +17,7 @@ mod pipeline;
 pub use error::{ImageError, ImageErrorKind};
 pub use pipeline::{
     build, export, inspect, list_images, open_image, verify, BadChunk, BuildOptions, BuildReport,
-    Context, ExportReport, ImageInfo, NoProgress, OpenedImage, Progress, VerifyReport,
+    ChunkSink, Context, ExportReport, ImageInfo, NoProgress, OpenedImage, Progress, VerifyReport,
 };
 
 /// Result alias of this crate.

@@ -51,6 +51,15 @@ impl Progress for NoProgress {
     fn advance(&self, _bytes: u64) {}
 }
 
+/// Told about every distinct chunk a build stored (new or already present), e.g. to prime the AZ
+/// cache tier with it (`lazyblock build --prime-l2`). Called after the store accepted the chunk,
+/// within the build's upload concurrency; the build waits for it, so it must bound its own time.
+pub trait ChunkSink: Send + Sync + std::fmt::Debug {
+    /// `ciphertext` is the sealed chunk named `name`.
+    fn stored(&self, name: ChunkName, ciphertext: Bytes)
+        -> futures::future::BoxFuture<'static, ()>;
+}
+
 /// Settings of one build.
 #[derive(Clone, Debug)]
 pub struct BuildOptions {
@@ -68,6 +77,8 @@ pub struct BuildOptions {
     pub upload_concurrency: usize,
     /// The image configuration to seal into the manifest (OCI config JSON), or empty.
     pub image_config: Vec<u8>,
+    /// Told about every distinct chunk stored.
+    pub chunk_sink: Option<Arc<dyn ChunkSink>>,
 }
 
 impl BuildOptions {
@@ -83,6 +94,7 @@ impl BuildOptions {
                 .unwrap_or(2),
             upload_concurrency: 16,
             image_config: Vec::new(),
+            chunk_sink: None,
         }
     }
 }
@@ -234,6 +246,7 @@ async fn build_inner(
     let uploads = sealed
         .map(|item| {
             let seen = seen.clone();
+            let sink = opts.chunk_sink.clone();
             async move {
                 let (index, sealed) = item?;
                 match sealed {
@@ -251,8 +264,12 @@ async fn build_inner(
                             .insert(name);
                         let outcome = if first {
                             let len = ciphertext.len() as u64;
+                            let sunk = sink.as_ref().map(|s| (Arc::clone(s), ciphertext.clone()));
                             let o = ctx.store.put_chunk(&ctx.root, &name, ciphertext).await?;
                             debug!(chunk = %name.short(), index, ?o, "chunk put");
+                            if let Some((sink, data)) = sunk {
+                                sink.stored(name, data).await;
+                            }
                             Some((o, len))
                         } else {
                             None

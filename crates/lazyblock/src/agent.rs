@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::Args;
 use lazyblock_agent::fetch::{ChunkFetcher, FetcherConfig};
-use lazyblock_agent::metrics::{render_prometheus, DeviceMetrics};
+use lazyblock_agent::metrics::{render_l2_prometheus, render_prometheus, DeviceMetrics};
 use lazyblock_agent::source::{BlockSource, SourceConfig, SourceDevice};
+use lazyblock_cache::{StartSlot, StartSlots};
 use lazyblock_format::{ImageRef, Profile};
 use lazyblock_image::open_image;
 use lazyblock_keys::KeyAccess;
@@ -69,6 +70,13 @@ pub(crate) struct AgentArgs {
     /// Recording ends after this long in any case
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub(crate) profile_limit: Duration,
+    /// Cold starts this worker admits at once (counted across every agent sharing the cache
+    /// directory); beyond it a start is refused with exit status 75 (try again later or
+    /// elsewhere) rather than adding origin load. A start is cold when the worker cache lacks
+    /// the image's first data chunk; it holds its slot until its start-up phase ends (no new
+    /// chunk read for --profile-idle, at most --profile-limit). 0: no limit
+    #[arg(long, default_value_t = 16)]
+    pub(crate) max_cold_starts: usize,
     /// Serve Prometheus metrics on http://<addr>/metrics (e.g. 127.0.0.1:9100)
     #[arg(long)]
     pub(crate) metrics_addr: Option<String>,
@@ -109,6 +117,8 @@ pub(crate) struct Agent {
     store: Arc<dyn lazyblock_store::ChunkStore>,
     record: Option<(Instant, Duration, Duration)>,
     profile_saved: std::sync::atomic::AtomicBool,
+    /// The cold-start slot, held until the start-up phase ends.
+    start_slot: std::sync::Mutex<Option<StartSlot>>,
 }
 
 impl Agent {
@@ -133,6 +143,7 @@ impl Agent {
                 disk: (a.cache_disk > 0).then(|| (cache_dir.clone(), a.cache_disk)),
                 demand_fetches: a.fetch_concurrency.max(1),
                 prefetch_fetches: a.prefetch_concurrency.max(1),
+                l2: r.l2.clone().map(crate::l2::open).transpose()?,
                 ..FetcherConfig::default()
             },
         ));
@@ -150,6 +161,7 @@ impl Agent {
         };
         let root = opened.entry.root.clone();
         let manifest_id = opened.manifest.id();
+        let start_slot = admit(&opened.manifest, &fetcher, &cache_dir, a, &image)?;
         let source = Arc::new(BlockSource::new(
             opened.manifest,
             keys,
@@ -207,9 +219,19 @@ impl Agent {
                 .record_profile
                 .then(|| (Instant::now(), a.profile_idle, a.profile_limit)),
             profile_saved: std::sync::atomic::AtomicBool::new(false),
+            start_slot: std::sync::Mutex::new(start_slot),
         });
-        if let Some((started, idle, limit)) = agent.record {
+        // The start-up phase: it ends once the guest has read nothing new for --profile-idle,
+        // or after --profile-limit. Then the profile is saved and the cold-start slot freed.
+        let in_phase = agent.record.is_some()
+            || agent
+                .start_slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some();
+        if in_phase {
             let this = Arc::clone(&agent);
+            let (started, idle, limit) = (Instant::now(), a.profile_idle, a.profile_limit);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -218,6 +240,17 @@ impl Agent {
                     if idle_done || started.elapsed() >= limit {
                         if let Err(e) = this.save_profile().await {
                             warn!("{e:#}");
+                        }
+                        if let Some(slot) = this
+                            .start_slot
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .take()
+                        {
+                            info!(
+                                slot = slot.index(),
+                                "start-up phase over: cold-start slot freed"
+                            );
                         }
                         return;
                     }
@@ -229,6 +262,7 @@ impl Agent {
                 addr,
                 Arc::clone(agent.source.metrics()),
                 agent.image.to_string(),
+                agent.source.fetcher().l2().cloned(),
             )
             .await?;
         }
@@ -282,6 +316,9 @@ impl Agent {
             self.source.metrics().summary(),
             self.source.chunks_read()
         );
+        if let Some(l2) = self.source.fetcher().l2() {
+            eprintln!("lazyblock: {}: {}", self.image, l2_summary(l2.stats()));
+        }
     }
 
     pub(crate) fn device(&self) -> Arc<SourceDevice> {
@@ -289,8 +326,83 @@ impl Agent {
     }
 }
 
+/// Admission of a cold start (see `--max-cold-starts`): `Ok(None)` for a warm start or no
+/// limit, the slot for an admitted cold start, a [`Retryable`] error when all slots are taken.
+fn admit(
+    manifest: &lazyblock_format::Manifest,
+    fetcher: &ChunkFetcher,
+    cache_dir: &std::path::Path,
+    a: &AgentArgs,
+    image: &ImageRef,
+) -> Result<Option<StartSlot>> {
+    if a.max_cold_starts == 0 {
+        return Ok(None);
+    }
+    let warm = manifest
+        .data_chunks()
+        .next()
+        .is_some_and(|(_, name)| fetcher.in_worker_cache(&name));
+    if warm {
+        return Ok(None);
+    }
+    match StartSlots::new(cache_dir, a.max_cold_starts).try_acquire() {
+        Ok(Some(slot)) => {
+            info!(slot = slot.index(), "cold start admitted");
+            Ok(Some(slot))
+        }
+        Ok(None) => Err(Retryable(format!(
+            "{image}: this worker already runs {} cold starts (--max-cold-starts); not adding origin load: retry later or on another worker",
+            a.max_cold_starts
+        ))
+        .into()),
+        Err(e) => {
+            warn!("cold-start admission unavailable, admitting: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// The exit status of a [`Retryable`] error.
+pub(crate) const EXIT_RETRYABLE: u8 = 75;
+
+/// An error the caller should retry later (exit status 75, `EX_TEMPFAIL`).
+#[derive(Debug)]
+pub(crate) struct Retryable(pub(crate) String);
+
+impl std::fmt::Display for Retryable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Retryable {}
+
+/// One line of AZ cache counters for the end of `serve` / `mount`.
+fn l2_summary(s: &lazyblock_cache::L2Stats) -> String {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "az cache hits {} (rebuilt {}), misses {}, corrupt {}, stripes missing {} failed {} late {} invalid {}, fills {} ({} dropped, {} stripe errors)",
+        get(&s.hits),
+        get(&s.rebuilds),
+        get(&s.misses),
+        get(&s.corrupt),
+        get(&s.stripes_missing),
+        get(&s.stripes_failed),
+        get(&s.stripes_late),
+        get(&s.stripes_invalid),
+        get(&s.fills),
+        get(&s.fills_dropped),
+        get(&s.fill_stripe_errors),
+    )
+}
+
 /// Serves `GET /metrics` in the Prometheus text format on `addr`.
-async fn spawn_metrics(addr: &str, metrics: Arc<DeviceMetrics>, device: String) -> Result<()> {
+async fn spawn_metrics(
+    addr: &str,
+    metrics: Arc<DeviceMetrics>,
+    device: String,
+    l2: Option<Arc<lazyblock_cache::L2Tier>>,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen for metrics on {addr}"))?;
@@ -302,6 +414,7 @@ async fn spawn_metrics(addr: &str, metrics: Arc<DeviceMetrics>, device: String) 
             };
             let metrics = Arc::clone(&metrics);
             let device = device.clone();
+            let l2 = l2.clone();
             tokio::spawn(async move {
                 // Read the request head (it may arrive in pieces), at most 8 KiB, for 5 s.
                 let mut buf = Vec::with_capacity(1024);
@@ -317,7 +430,11 @@ async fn spawn_metrics(addr: &str, metrics: Arc<DeviceMetrics>, device: String) 
                 .await;
                 let req = String::from_utf8_lossy(&buf);
                 let (status, body) = if req.starts_with("GET /metrics") {
-                    ("200 OK", render_prometheus(&[(device, &metrics)]))
+                    let mut body = render_prometheus(&[(device, &metrics)]);
+                    if let Some(l2) = &l2 {
+                        body.push_str(&render_l2_prometheus(l2.stats()));
+                    }
+                    ("200 OK", body)
                 } else {
                     ("404 Not Found", "try /metrics\n".to_owned())
                 };
@@ -460,11 +577,15 @@ pub(crate) async fn cmd_mount(r: &Resolved, a: &MountArgs, argv: &[String]) -> R
                 .find(|l| l.starts_with("error:"))
                 .or_else(|| text.lines().last())
                 .unwrap_or("no output");
-            bail!(
+            let message = format!(
                 "the agent exited ({status}) before {} was mounted: {}",
                 dir.display(),
                 last.trim_start_matches("error: ")
             );
+            if status.code() == Some(EXIT_RETRYABLE.into()) {
+                return Err(Retryable(message).into());
+            }
+            bail!(message);
         }
         if Instant::now() > deadline {
             let _ = child.kill();

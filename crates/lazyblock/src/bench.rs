@@ -17,6 +17,8 @@ use crate::Resolved;
 
 #[path = "bench_flatten.rs"]
 mod bench_flatten;
+#[path = "bench_l2.rs"]
+mod bench_l2;
 #[path = "bench_start.rs"]
 mod bench_start;
 
@@ -31,6 +33,10 @@ pub(crate) enum BenchCommand {
     /// Container start from on-demand images (cold, cold with a profile, warm) against a full
     /// pull and the image as a local file, on corpus workloads; needs root and the corpus
     Start(bench_start::BenchStartArgs),
+    /// The AZ cache tier against memcached nodes on loopback: codec GB/s (and a check that its
+    /// SIMD path is in use), L2-hit fetch p50/p99/p99.9, and one slowed node: k-of-n erasure
+    /// coding against a single copy, side by side
+    L2(bench_l2::BenchL2Args),
 }
 
 #[derive(Args, Debug)]
@@ -53,7 +59,8 @@ pub(crate) async fn run(r: &Resolved, cmd: &BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Build(a) => bench_build(r, a).await,
         BenchCommand::Flatten(a) => bench_flatten::run(a).await,
-        BenchCommand::Start(a) => bench_start::run(a.clone()).await,
+        BenchCommand::Start(a) => bench_start::run(a.clone(), r.l2.clone()).await,
+        BenchCommand::L2(a) => bench_l2::run(a, r.l2.clone()).await,
     }
 }
 

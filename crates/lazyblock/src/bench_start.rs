@@ -9,6 +9,12 @@
 //! - (a) cold: empty worker cache, read-ahead on, no profile; this run records the profile;
 //! - (a') cold + profile: empty worker cache, the recorded profile replayed;
 //! - (b) warm: the worker cache's disk tier hot from the run before, a fresh agent.
+//! - L1 cold, L2 warm (with and without the profile): an empty worker cache in front of an AZ
+//!   cache tier that holds every chunk of the image (primed by the build, as
+//!   `lazyblock build --prime-l2` does). The AZ tier is `--l2` if given, else `--l2-nodes`
+//!   memcached processes this benchmark starts on loopback. Only these scenarios use it.
+//!
+//! Every lazyblock scenario also reports the share of chunk lookups each tier answered.
 //!
 //! Every lazyblock run is a fresh agent in this process: the image is opened (catalog and
 //! manifest from the origin), served as a file through FUSE, loop-mounted read-only, and the
@@ -26,6 +32,8 @@ use lazyblock_agent::fetch::{ChunkFetcher, FetcherConfig};
 use lazyblock_agent::loopdev;
 use lazyblock_agent::metrics::{human_bytes, Histogram, Tier};
 use lazyblock_agent::source::{BlockSource, SourceConfig, SourceDevice};
+use lazyblock_cache::l2::{FleetOptions, LocalFleet};
+use lazyblock_cache::{L2Config, L2Tier};
 use lazyblock_format::{ImageRef, Profile, TenantId};
 use lazyblock_image::{open_image, BuildOptions, Context, NoProgress};
 use lazyblock_keys::{KeyAccess, LocalKeyring};
@@ -70,6 +78,10 @@ pub(crate) struct BenchStartArgs {
     /// Print the results as JSON on stdout
     #[arg(long)]
     json: bool,
+    /// memcached nodes to start on loopback for the "L1 cold, L2 warm" scenarios when no --l2
+    /// is given (0 skips those scenarios)
+    #[arg(long, default_value_t = 5)]
+    l2_nodes: usize,
 }
 
 struct Workload {
@@ -105,10 +117,12 @@ enum Scenario {
     ColdProfile,
     Warm,
     WarmNewProcess,
+    L2Warm,
+    L2WarmProfile,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 7] = [
+    const ALL: [Scenario; 9] = [
         Scenario::Raw,
         Scenario::FullPull,
         Scenario::ColdNoReadahead,
@@ -116,6 +130,8 @@ impl Scenario {
         Scenario::ColdProfile,
         Scenario::Warm,
         Scenario::WarmNewProcess,
+        Scenario::L2Warm,
+        Scenario::L2WarmProfile,
     ];
 
     fn label(self) -> &'static str {
@@ -127,6 +143,8 @@ impl Scenario {
             Scenario::ColdProfile => "(a) cold + profile",
             Scenario::Warm => "(b) warm",
             Scenario::WarmNewProcess => "warm, new agent",
+            Scenario::L2Warm => "L1 cold, L2 warm",
+            Scenario::L2WarmProfile => "L1 cold, L2 warm + prof",
         }
     }
 
@@ -139,6 +157,8 @@ impl Scenario {
             Scenario::ColdProfile => "cold_profile",
             Scenario::Warm => "warm",
             Scenario::WarmNewProcess => "warm_new_agent",
+            Scenario::L2Warm => "l1_cold_l2_warm",
+            Scenario::L2WarmProfile => "l1_cold_l2_warm_profile",
         }
     }
 }
@@ -150,13 +170,13 @@ struct RunResult {
     origin_bytes: u64,
     guest_chunks: u64,
     prefetched: u64,
-    tier_hits: [u64; 4],
+    tier_hits: [u64; 5],
 }
 
 /// Latency histograms merged over every lazyblock run, by tier.
 #[derive(Default)]
 struct Latencies {
-    tiers: [Histogram; 4],
+    tiers: [Histogram; 5],
 }
 
 struct Bench {
@@ -167,9 +187,11 @@ struct Bench {
     latencies: Latencies,
     /// The agent's fetcher (its worker cache) of the last lazyblock run.
     fetcher: Option<Arc<ChunkFetcher>>,
+    /// The AZ cache tier of the L2 scenarios.
+    l2: Option<Arc<L2Tier>>,
 }
 
-pub(crate) async fn run(args: BenchStartArgs) -> Result<()> {
+pub(crate) async fn run(args: BenchStartArgs, l2: Option<L2Config>) -> Result<()> {
     if !rustix::process::geteuid().is_root() {
         bail!("bench start needs root: it mounts FUSE and loop devices");
     }
@@ -205,7 +227,29 @@ pub(crate) async fn run(args: BenchStartArgs) -> Result<()> {
         root: lazyblock_format::RootId::initial(),
     };
     let slow_store: Arc<dyn ChunkStore> = Arc::new(DelayedStore::new(store, args.latency));
+    let (l2, _fleet) = match l2 {
+        Some(config) => (Some(crate::l2::open(config)?), None),
+        None if args.l2_nodes == 0 => (None, None),
+        None => {
+            let fleet = LocalFleet::start(
+                args.l2_nodes,
+                FleetOptions {
+                    mem_mib: 768,
+                    ..FleetOptions::default()
+                },
+            )
+            .context(
+                "cannot start the AZ cache nodes (or pass --l2-nodes 0 to skip the L2 scenarios)",
+            )?;
+            let config = L2Config {
+                nodes: fleet.addrs(),
+                ..L2Config::default()
+            };
+            (Some(crate::l2::open(config)?), Some(fleet))
+        }
+    };
     let mut bench = Bench {
+        l2,
         args,
         work,
         ctx,
@@ -251,6 +295,13 @@ impl Bench {
         let source = crate::open_source(&spec, chunk_size, Some(self.work.clone())).await?;
         let mut opts = BuildOptions::new(image.clone(), source.description, crate::now_unix_secs());
         opts.image_config = source.image_config;
+        let primer = self
+            .l2
+            .as_ref()
+            .map(|t| Arc::new(crate::l2::Primer::new(Arc::clone(t))));
+        if let Some(p) = &primer {
+            opts.chunk_sink = Some(Arc::clone(p) as Arc<dyn lazyblock_image::ChunkSink>);
+        }
         let t = Instant::now();
         let report = lazyblock_image::build(
             &self.ctx,
@@ -269,10 +320,23 @@ impl Bench {
             report.chunks_zero,
             t.elapsed().as_secs_f64()
         );
+        if let Some(p) = &primer {
+            let get =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "bench start: {}: primed the AZ cache with {} chunks ({} not taken)",
+                w.key,
+                get(&p.stats.primed),
+                get(&p.stats.failed)
+            );
+        }
         let raw = self.work.join(format!("{}.raw", w.key));
         lazyblock_image::export(&self.ctx, &image, &raw, 16, Arc::new(NoProgress)).await?;
         let mut results = Vec::new();
         for scenario in Scenario::ALL {
+            if matches!(scenario, Scenario::L2Warm | Scenario::L2WarmProfile) && self.l2.is_none() {
+                continue;
+            }
             let mut runs = Vec::new();
             for run in 0..self.args.runs.max(1) {
                 let r = self.run_one(w, &image, &raw, scenario, run).await?;
@@ -345,7 +409,9 @@ impl Bench {
             | Scenario::Cold
             | Scenario::ColdProfile
             | Scenario::Warm
-            | Scenario::WarmNewProcess => {
+            | Scenario::WarmNewProcess
+            | Scenario::L2Warm
+            | Scenario::L2WarmProfile => {
                 let warm = matches!(scenario, Scenario::Warm | Scenario::WarmNewProcess);
                 if !warm {
                     // Cold: an empty worker cache. Warm reuses the one the run before filled:
@@ -365,7 +431,9 @@ impl Bench {
                         self.args.neighbors
                     },
                     record: scenario == Scenario::Cold,
-                    replay: matches!(scenario, Scenario::ColdProfile) || warm,
+                    replay: matches!(scenario, Scenario::ColdProfile | Scenario::L2WarmProfile)
+                        || warm,
+                    l2: matches!(scenario, Scenario::L2Warm | Scenario::L2WarmProfile),
                 };
                 self.run_lazy(w, image, &cache, &mnt, lazy).await
             }
@@ -394,6 +462,7 @@ impl Bench {
                 FetcherConfig {
                     disk: Some((cache.to_path_buf(), 10 << 30)),
                     demand_fetches: self.args.concurrency.max(1),
+                    l2: if lazy.l2 { self.l2.clone() } else { None },
                     ..FetcherConfig::default()
                 },
             )),
@@ -496,16 +565,36 @@ impl Bench {
                 .unwrap_or_default()
         };
         println!(
-            "\n{:<7} {:<21} {:>8} {:>9} {:>9} {:>11} {:>8} {:>9}",
-            "image", "scenario", "seconds", "vs pull", "vs local", "origin", "chunks", "read"
+            "\n{:<7} {:<23} {:>8} {:>9} {:>9} {:>11} {:>8} {:>9}  chunks served: memory/disk/az/origin",
+            "image",
+            "scenario",
+            "seconds",
+            "vs pull",
+            "vs local",
+            "origin",
+            "chunks",
+            "read",
         );
         let mut json_rows = Vec::new();
         for (w, rs) in all {
             let pull = find(rs, Scenario::FullPull).seconds;
             let local = find(rs, Scenario::Raw).seconds;
             for (s, r) in rs {
+                let served: u64 = r.tier_hits[1..].iter().sum();
+                let share = |i: usize| 100.0 * r.tier_hits[i] as f64 / served.max(1) as f64;
+                let shares = if served > 0 {
+                    format!(
+                        "{:.0}% / {:.0}% / {:.0}% / {:.0}%",
+                        share(1),
+                        share(2),
+                        share(3),
+                        share(4)
+                    )
+                } else {
+                    "-".into()
+                };
                 println!(
-                    "{:<7} {:<21} {:>8.3} {:>8.2}× {:>8.2}× {:>11} {:>8} {:>9}",
+                    "{:<7} {:<23} {:>8.3} {:>8.2}× {:>8.2}× {:>11} {:>8} {:>9}  {shares}",
                     w.key,
                     s.label(),
                     r.seconds,
@@ -530,7 +619,7 @@ impl Bench {
                     "origin_bytes": r.origin_bytes,
                     "guest_chunks_read": r.guest_chunks,
                     "prefetched_chunks": r.prefetched,
-                    "chunk_hits": {"memory": r.tier_hits[1], "disk": r.tier_hits[2], "origin": r.tier_hits[3]},
+                    "chunk_hits": {"memory": r.tier_hits[1], "disk": r.tier_hits[2], "az": r.tier_hits[3], "origin": r.tier_hits[4]},
                 }));
             }
         }
@@ -542,6 +631,18 @@ impl Bench {
             let prof = find(rs, Scenario::ColdProfile).seconds;
             let warm = find(rs, Scenario::Warm).seconds;
             let nora = find(rs, Scenario::ColdNoReadahead);
+            if rs.iter().any(|(s, _)| *s == Scenario::L2Warm) {
+                let l2 = find(rs, Scenario::L2Warm).seconds;
+                let l2p = find(rs, Scenario::L2WarmProfile).seconds;
+                println!(
+                    "  {:<6} L1 cold, L2 warm: {:.2}× faster than full pull, {:.2}× faster than (a) cold; with the profile {:.2}× faster than full pull, {:.2}× local",
+                    w.key,
+                    pull / l2.max(1e-9),
+                    cold.seconds / l2.max(1e-9),
+                    pull / l2p.max(1e-9),
+                    l2p / local.max(1e-9),
+                );
+            }
             println!(
                 "  {:<6} cold+profile {:.2}× faster than full pull (target ≥ 5), cold {:.2}× (≥ 2.5), warm {:.2}× local (≤ 1.3); origin/guest chunks: no read-ahead {:.2} (≤ 1), read-ahead {:.2} (≤ 1.25)",
                 w.key,
@@ -604,6 +705,7 @@ struct LazyRun {
     neighbors: u64,
     record: bool,
     replay: bool,
+    l2: bool,
 }
 
 /// ext4 on a loop device on `file`, mounted read-only at `dir`.
@@ -665,7 +767,7 @@ async fn run_command(root: &Path, command: &str) -> Result<()> {
 /// An eCDF of read latency per tier, log-scale x axis from 1 µs to 1 s.
 fn ecdf_svg(rows: &[(&str, &Histogram)]) -> String {
     use std::fmt::Write as _;
-    let (w, h, left, bottom, top, right) = (760.0, 420.0, 60.0, 50.0, 20.0, 170.0);
+    let (w, h, left, bottom, top, right) = (820.0, 420.0, 60.0, 50.0, 20.0, 230.0);
     let pw = w - left - right;
     let ph = h - top - bottom;
     let x_of = |ns: f64| left + pw * ((ns.max(1e3).log10() - 3.0) / 6.0).clamp(0.0, 1.0);
@@ -707,7 +809,9 @@ fn ecdf_svg(rows: &[(&str, &Histogram)]) -> String {
         top + ph / 2.0,
         top + ph / 2.0
     );
-    let colors = ["#888888", "#1b9e77", "#7570b3", "#d95f02", "#e7298a"];
+    let colors = [
+        "#888888", "#1b9e77", "#7570b3", "#e6ab02", "#d95f02", "#e7298a",
+    ];
     for (i, (label, hist)) in rows.iter().enumerate() {
         let total = hist.count();
         if total == 0 {

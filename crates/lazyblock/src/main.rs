@@ -6,6 +6,7 @@
 
 mod agent;
 mod bench;
+mod l2;
 mod settings;
 
 use std::io::IsTerminal;
@@ -60,6 +61,8 @@ struct GlobalArgs {
     /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(flatten)]
+    l2: l2::L2Args,
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,6 +112,10 @@ struct BuildArgs {
     /// Print the build report as JSON on stdout
     #[arg(long)]
     json: bool,
+    /// Also write every chunk of the image to the AZ cache tier (--l2), so the first cold start
+    /// of the new image is served from it
+    #[arg(long)]
+    prime_l2: bool,
 }
 
 #[derive(Args, Debug)]
@@ -159,6 +166,8 @@ pub(crate) struct Resolved {
     pub(crate) chunk_size: ChunkSize,
     pub(crate) upload_concurrency: usize,
     pub(crate) fetch_concurrency: usize,
+    /// The AZ cache tier, if configured.
+    pub(crate) l2: Option<lazyblock_cache::L2Config>,
 }
 
 fn resolve(global: &GlobalArgs) -> Result<Resolved> {
@@ -181,7 +190,9 @@ fn resolve(global: &GlobalArgs) -> Result<Resolved> {
         .unwrap_or_else(|| settings::config_dir().join("keys"));
     let chunk_size = ChunkSize::new(file.chunk_size.unwrap_or(ChunkSize::DEFAULT.bytes() as u64))
         .context("config file: chunk_size")?;
+    let l2 = l2::resolve(&global.l2, file.l2.as_ref())?;
     Ok(Resolved {
+        l2,
         store_url,
         tenant,
         keys_dir,
@@ -425,6 +436,16 @@ async fn cmd_build(r: &Resolved, args: &BuildArgs) -> Result<()> {
         opts.seal_parallelism = n;
     }
     opts.image_config = source.image_config;
+    let primer = if args.prime_l2 {
+        let config = r.l2.clone().ok_or_else(|| {
+            anyhow!("--prime-l2 needs the AZ cache nodes: --l2 host:port,... (or [l2] nodes in the config file)")
+        })?;
+        let primer = Arc::new(l2::Primer::new(l2::open(config)?));
+        opts.chunk_sink = Some(Arc::clone(&primer) as Arc<dyn lazyblock_image::ChunkSink>);
+        Some(primer)
+    } else {
+        None
+    };
     let bar = Bar::new(size, "build");
     let report = lazyblock_image::build(
         &ctx,
@@ -473,6 +494,16 @@ async fn cmd_build(r: &Resolved, args: &BuildArgs) -> Result<()> {
         secs,
         mbps
     );
+    if let Some(p) = primer {
+        let failed = p.stats.failed.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "primed the AZ cache with {} chunks ({failed} not taken)",
+            p.stats.primed.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        if failed > 0 {
+            tracing::warn!("the AZ cache did not take {failed} chunks: the image is built and published, and its cold starts read those chunks from the origin");
+        }
+    }
     Ok(())
 }
 
@@ -759,6 +790,9 @@ fn main() -> std::process::ExitCode {
                 line.push_str(&cause.to_string());
             }
             eprintln!("error: {}", line.replace('\n', " "));
+            if e.downcast_ref::<agent::Retryable>().is_some() {
+                return ExitCode::from(agent::EXIT_RETRYABLE);
+            }
             ExitCode::FAILURE
         }
     }

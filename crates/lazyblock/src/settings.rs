@@ -24,6 +24,24 @@ pub(crate) struct FileConfig {
     pub(crate) upload_concurrency: Option<usize>,
     /// Chunk fetches in flight (export, verify).
     pub(crate) fetch_concurrency: Option<usize>,
+    /// The AZ cache tier.
+    pub(crate) l2: Option<FileL2>,
+}
+
+/// The `[l2]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileL2 {
+    /// memcached nodes, `host:port`.
+    pub(crate) nodes: Option<Vec<String>>,
+    /// Stripes needed to rebuild a chunk.
+    pub(crate) k: Option<usize>,
+    /// Stripes written per chunk.
+    pub(crate) n: Option<usize>,
+    /// Per-request timeout, e.g. `"50ms"`.
+    pub(crate) timeout: Option<String>,
+    /// Background fills in flight at most.
+    pub(crate) fill_backlog: Option<usize>,
 }
 
 fn home() -> PathBuf {

@@ -109,3 +109,18 @@ impl Codec {
         Ok(Rebuilt { data, used_parity })
     }
 }
+pub const MAX_CHUNK_LEN: usize = 4 << 20;
+pub fn simd_engine() -> &'static str {
+    "scalar"
+}
+impl Codec {
+    pub fn new_scalar(k: usize, n: usize) -> Result<Self, StripeError> {
+        Self::new(k, n)
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn n(&self) -> usize {
+        self.n
+    }
+}

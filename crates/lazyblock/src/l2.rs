@@ -1,0 +1,141 @@
+//! The AZ cache tier on the command line: the `--l2` settings (flags > environment > the
+//! config file's `[l2]` table > defaults), opening an [`L2Tier`], and priming it from a build.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use clap::Args;
+use futures::future::BoxFuture;
+use lazyblock_cache::{L2Config, L2Tier};
+use lazyblock_format::{chunk_name_of, ChunkName};
+use lazyblock_image::ChunkSink;
+use tracing::warn;
+
+use crate::agent::parse_duration;
+use crate::settings::FileL2;
+
+/// Flags of the AZ cache tier, accepted by every command.
+#[derive(Args, Debug, Clone, Default)]
+pub(crate) struct L2Args {
+    /// AZ cache tier: memcached nodes, comma-separated host:port (none: no AZ tier).
+    /// Config file: [l2] nodes = ["host:port", ...]
+    #[arg(
+        id = "l2",
+        long = "l2",
+        global = true,
+        env = "LAZYBLOCK_L2",
+        value_delimiter = ',',
+        value_name = "HOST:PORT,..."
+    )]
+    pub(crate) nodes: Vec<String>,
+    /// AZ cache: stripes needed to rebuild a chunk [default: 4]
+    #[arg(id = "l2_k", long = "l2-k", global = true, value_name = "K")]
+    pub(crate) k: Option<usize>,
+    /// AZ cache: stripes written per chunk, each on its own node; n - k may be lost [default: 5]
+    #[arg(id = "l2_n", long = "l2-n", global = true, value_name = "N")]
+    pub(crate) n: Option<usize>,
+    /// AZ cache: bound on each stripe request; requests are never retried [default: 50ms]
+    #[arg(id = "l2_timeout", long = "l2-timeout", global = true, value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// The AZ tier's settings, or `None` when no node is configured.
+pub(crate) fn resolve(args: &L2Args, file: Option<&FileL2>) -> Result<Option<L2Config>> {
+    let nodes: Vec<String> = if args.nodes.is_empty() {
+        file.and_then(|f| f.nodes.clone()).unwrap_or_default()
+    } else {
+        args.nodes.clone()
+    };
+    let nodes: Vec<String> = nodes
+        .into_iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if nodes.is_empty() {
+        return Ok(None);
+    }
+    let defaults = L2Config::default();
+    let timeout = match (args.timeout, file.and_then(|f| f.timeout.as_deref())) {
+        (Some(t), _) => t,
+        (None, Some(text)) => parse_duration(text)
+            .map_err(anyhow::Error::msg)
+            .context("config file: [l2] timeout")?,
+        (None, None) => defaults.timeout,
+    };
+    Ok(Some(L2Config {
+        nodes,
+        k: args.k.or(file.and_then(|f| f.k)).unwrap_or(defaults.k),
+        n: args.n.or(file.and_then(|f| f.n)).unwrap_or(defaults.n),
+        timeout,
+        fill_backlog: file
+            .and_then(|f| f.fill_backlog)
+            .unwrap_or(defaults.fill_backlog),
+        ..defaults
+    }))
+}
+
+/// Opens the AZ tier: checks the settings (connections are made on first use).
+pub(crate) fn open(config: L2Config) -> Result<Arc<L2Tier>> {
+    let verify = Arc::new(|id: &[u8; 32], data: &[u8]| chunk_name_of(data).as_bytes() == id);
+    let tier = L2Tier::new(config, verify)?;
+    if !tier.stripes_distinct() {
+        let c = tier.config();
+        warn!(
+            nodes = c.nodes.len(),
+            n = c.n,
+            "fewer AZ cache nodes than stripes per chunk: losing one node can lose more than n - k stripes"
+        );
+    }
+    Ok(Arc::new(tier))
+}
+
+/// What priming did.
+#[derive(Debug, Default)]
+pub(crate) struct PrimeStats {
+    /// Chunks whose stripes were stored (at least `k` of `n`).
+    pub(crate) primed: AtomicU64,
+    /// Chunks the tier did not take.
+    pub(crate) failed: AtomicU64,
+    warned: AtomicBool,
+}
+
+/// A build's [`ChunkSink`] that writes every stored chunk's stripes to the AZ tier. A chunk the
+/// tier does not take is counted and warned about once; it never fails the build (the origin
+/// holds every chunk, the AZ tier is a cache).
+#[derive(Debug)]
+pub(crate) struct Primer {
+    tier: Arc<L2Tier>,
+    pub(crate) stats: Arc<PrimeStats>,
+}
+
+impl Primer {
+    pub(crate) fn new(tier: Arc<L2Tier>) -> Self {
+        Self {
+            tier,
+            stats: Arc::default(),
+        }
+    }
+}
+
+impl ChunkSink for Primer {
+    fn stored(&self, name: ChunkName, ciphertext: Bytes) -> BoxFuture<'static, ()> {
+        let tier = Arc::clone(&self.tier);
+        let stats = Arc::clone(&self.stats);
+        Box::pin(async move {
+            match tier.put(name.as_bytes(), &ciphertext).await {
+                Ok(_) => {
+                    stats.primed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    if !stats.warned.swap(true, Ordering::Relaxed) {
+                        warn!(chunk = %name.short(), "AZ cache did not take a chunk (the build goes on): {e}");
+                    }
+                }
+            }
+        })
+    }
+}
