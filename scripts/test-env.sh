@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs and starts what the test suite needs, on loopback only:
 #   - Debian packages: e2fsprogs (mke2fs, e2fsck), attr (getfattr), libnbd-bin (nbdinfo,
-#     nbdcopy), and through scripts/vm-assets.sh qemu-system-x86 + qemu-utils from
+#     nbdcopy), memcached (the AZ cache tests start and stop their own memcached processes on
+#     loopback, `LocalFleet`), and through scripts/vm-assets.sh qemu-system-x86 + qemu-utils from
 #     bookworm-backports, busybox-static, cpio, kmod, plus the guest kernel and initrd of the
 #     QEMU tests (skipped with LAZYBLOCK_SKIP_VM_TESTS=1);
 #   - an S3-compatible server: moto (from PyPI, into .test-tools/venv), started on a free port
@@ -18,6 +19,7 @@ command -v mke2fs >/dev/null || need_apt+=(e2fsprogs)
 command -v getfattr >/dev/null || need_apt+=(attr)
 command -v nbdcopy >/dev/null || need_apt+=(libnbd-bin)
 command -v losetup >/dev/null || need_apt+=(mount)
+command -v memcached >/dev/null || need_apt+=(memcached)
 if ((${#need_apt[@]})); then
   echo "test-env: installing ${need_apt[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null

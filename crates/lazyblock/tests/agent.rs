@@ -23,7 +23,7 @@ use std::io::{Read, Write as _};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngCore, SeedableRng};
@@ -42,8 +42,6 @@ const MARKER: &str = "lazyblock agent test marker 7f3a";
 
 /// Bound for a tool that should finish quickly (a hang fails the test instead of stalling it).
 const TOOL_LIMIT: Duration = Duration::from_secs(300);
-/// Bound for a `serve` to start listening, or to exit after SIGTERM.
-const SERVER_LIMIT: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: processes
@@ -65,18 +63,6 @@ fn tool_ok(prog: &str, args: &[&str]) -> String {
         describe(&format!("{prog} {args:?}"), &out)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// SIGTERM, then SIGKILL after a bound; reaps the child.
-fn terminate(child: &mut Child) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    send_signal(child.id(), "TERM");
-    if wait_bounded(child, Duration::from_secs(20)).is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
 }
 
 /// A TCP port nobody listens on right now (the kernel's pick for an ephemeral bind).
@@ -187,103 +173,6 @@ fn inspect(w: &World) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Helpers: `serve`
 // ---------------------------------------------------------------------------------------------
-
-/// A running `lazyblock serve`: SIGTERM (then SIGKILL) when dropped.
-struct Server {
-    child: Option<Child>,
-    log: PathBuf,
-    uri: String,
-}
-
-impl Server {
-    /// Spawns `lazyblock serve <args>` with stderr to `<tmp>/<tag>.stderr` (not waiting).
-    fn spawn(w: &World, tag: &str, args: &[&str]) -> (Child, PathBuf) {
-        let log = w.path().join(format!("{tag}.stderr"));
-        let file = std::fs::File::create(&log).expect("create server log");
-        let mut cmd = w.command();
-        cmd.arg("serve")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file);
-        let child = cmd.spawn().expect("spawn lazyblock serve");
-        (child, log)
-    }
-
-    /// Starts `lazyblock serve <args>` and waits until it listens.
-    fn start(w: &World, tag: &str, args: &[&str]) -> Self {
-        let (child, log) = Self::spawn(w, tag, args);
-        let mut server = Self {
-            child: Some(child),
-            log,
-            uri: String::new(),
-        };
-        let deadline = Instant::now() + SERVER_LIMIT;
-        loop {
-            let text = server.stderr();
-            if let Some(line) = text.lines().find(|l| l.starts_with("lazyblock: serving ")) {
-                let (_, uri) = line
-                    .rsplit_once(" at ")
-                    .unwrap_or_else(|| panic!("no URI in {line:?}"));
-                server.uri = uri.trim().to_owned();
-                return server;
-            }
-            if let Some(status) = server.child_mut().try_wait().expect("try_wait") {
-                panic!("lazyblock serve {args:?} exited ({status}) before listening:\n{text}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "lazyblock serve {args:?} did not listen within {SERVER_LIMIT:?}:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn child_mut(&mut self) -> &mut Child {
-        self.child.as_mut().expect("server child")
-    }
-
-    /// Everything the server printed on stderr so far.
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child_mut().try_wait(), Ok(None))
-    }
-
-    /// SIGTERM and wait (bounded); returns the exit status and the whole stderr.
-    fn stop(mut self) -> (ExitStatus, String) {
-        let mut child = self.child.take().expect("server child");
-        send_signal(child.id(), "TERM");
-        let status = wait_bounded(&mut child, SERVER_LIMIT);
-        let text = self.stderr();
-        match status {
-            Some(s) => (s, text),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("lazyblock serve did not exit within {SERVER_LIMIT:?} of SIGTERM:\n{text}");
-            }
-        }
-    }
-
-    /// SIGKILL, no clean-up by the server.
-    fn kill9(mut self) {
-        let mut child = self.child.take().expect("server child");
-        send_signal(child.id(), "KILL");
-        let status = wait_bounded(&mut child, SERVER_LIMIT).expect("exit after SIGKILL");
-        assert!(!status.success());
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            terminate(child);
-        }
-    }
-}
 
 fn unix_arg(sock: &Path) -> String {
     format!("unix:{}", sock.display())

@@ -1,7 +1,7 @@
 //! Helpers shared by the binary's end-to-end tests of the agent (`tests/agent.rs`,
-//! `tests/corpus_mount.rs`): bounded runs of tools and of `lazyblock`, a private [`World`]
+//! `tests/corpus_mount.rs`, `tests/l2.rs`): bounded runs of tools and of `lazyblock`, a private [`World`]
 //! (temporary HOME, store, keyring, worker cache, mount state) that sweeps leftover mounts and
-//! loop devices when dropped, [`MountGuard`], and the parser of the agent's summary line.
+//! loop devices when dropped, [`MountGuard`], [`Server`] (a running `lazyblock serve`), and the parser of the agent's summary line.
 //!
 //! Each test crate uses a part of it.
 #![allow(dead_code)]
@@ -13,6 +13,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_lazyblock");
+
+/// Bound for a `serve` to start listening, or to exit after SIGTERM.
+pub(crate) const SERVER_LIMIT: Duration = Duration::from_secs(120);
 
 /// Runs a command to completion with a bound; kills it and panics when the bound passes.
 pub(crate) fn run_bounded(mut cmd: Command, limit: Duration) -> Output {
@@ -466,5 +469,115 @@ pub(crate) fn parse_summary(stderr: &str, image: &str) -> Summary {
         prefetched: before("prefetched,"),
         origin_errors: before("errors)"),
         guest_chunks,
+    }
+}
+
+/// SIGTERM, then SIGKILL after a bound; reaps the child.
+pub(crate) fn terminate(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    send_signal(child.id(), "TERM");
+    if wait_bounded(child, Duration::from_secs(20)).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A running `lazyblock serve`: SIGTERM (then SIGKILL) when dropped.
+pub(crate) struct Server {
+    pub(crate) child: Option<Child>,
+    pub(crate) log: PathBuf,
+    /// The NBD URI it printed.
+    pub(crate) uri: String,
+}
+
+impl Server {
+    /// Spawns `lazyblock serve <args>` with stderr to `<tmp>/<tag>.stderr` (not waiting).
+    pub(crate) fn spawn(w: &World, tag: &str, args: &[&str]) -> (Child, PathBuf) {
+        let log = w.path().join(format!("{tag}.stderr"));
+        let file = std::fs::File::create(&log).expect("create server log");
+        let mut cmd = w.command();
+        cmd.arg("serve")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        let child = cmd.spawn().expect("spawn lazyblock serve");
+        (child, log)
+    }
+
+    /// Starts `lazyblock serve <args>` and waits until it listens.
+    pub(crate) fn start(w: &World, tag: &str, args: &[&str]) -> Self {
+        let (child, log) = Self::spawn(w, tag, args);
+        let mut server = Self {
+            child: Some(child),
+            log,
+            uri: String::new(),
+        };
+        let deadline = Instant::now() + SERVER_LIMIT;
+        loop {
+            let text = server.stderr();
+            if let Some(line) = text.lines().find(|l| l.starts_with("lazyblock: serving ")) {
+                let (_, uri) = line
+                    .rsplit_once(" at ")
+                    .unwrap_or_else(|| panic!("no URI in {line:?}"));
+                server.uri = uri.trim().to_owned();
+                return server;
+            }
+            if let Some(status) = server.child_mut().try_wait().expect("try_wait") {
+                panic!("lazyblock serve {args:?} exited ({status}) before listening:\n{text}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lazyblock serve {args:?} did not listen within {SERVER_LIMIT:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("server child")
+    }
+
+    /// Everything the server printed on stderr so far.
+    pub(crate) fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub(crate) fn running(&mut self) -> bool {
+        matches!(self.child_mut().try_wait(), Ok(None))
+    }
+
+    /// SIGTERM and wait (bounded); returns the exit status and the whole stderr.
+    pub(crate) fn stop(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("server child");
+        send_signal(child.id(), "TERM");
+        let status = wait_bounded(&mut child, SERVER_LIMIT);
+        let text = self.stderr();
+        match status {
+            Some(s) => (s, text),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("lazyblock serve did not exit within {SERVER_LIMIT:?} of SIGTERM:\n{text}");
+            }
+        }
+    }
+
+    /// SIGKILL, no clean-up by the server.
+    pub(crate) fn kill9(mut self) {
+        let mut child = self.child.take().expect("server child");
+        send_signal(child.id(), "KILL");
+        let status = wait_bounded(&mut child, SERVER_LIMIT).expect("exit after SIGKILL");
+        assert!(!status.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            terminate(child);
+        }
     }
 }
