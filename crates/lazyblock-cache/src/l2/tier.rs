@@ -158,7 +158,8 @@ impl L2Tier {
         let codec = Codec::new(config.k, config.n).map_err(|e| {
             CacheError::invalid(format!("AZ cache: k={} n={}: {e}", config.k, config.n))
         })?;
-        let placement = Placement::new(&config.nodes);
+        let placement = Placement::new(&config.nodes)
+            .map_err(|e| CacheError::invalid(format!("AZ cache: {e}")))?;
         let nodes = config
             .nodes
             .iter()
