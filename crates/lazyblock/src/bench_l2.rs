@@ -182,7 +182,7 @@ async fn prime(tier: &L2Tier, chunks: &[(Vec<u8>, [u8; 32])]) -> Result<()> {
 }
 
 /// Reads every chunk once, one at a time; every answer must be a verified hit.
-async fn read_all(tier: &L2Tier, chunks: &[(Vec<u8>, [u8; 32])]) -> Result<Percentiles> {
+async fn read_all(tier: &Arc<L2Tier>, chunks: &[(Vec<u8>, [u8; 32])]) -> Result<Percentiles> {
     let mut samples = Vec::with_capacity(chunks.len());
     for (data, id) in chunks {
         let t = Instant::now();
@@ -262,7 +262,7 @@ pub(crate) async fn run(args: &BenchL2Args, l2: Option<L2Config>) -> Result<()> 
         timeout: Duration::from_secs(2),
         ..base.clone()
     };
-    let tier = L2Tier::new(config.clone(), verifier())?;
+    let tier = Arc::new(L2Tier::new(config.clone(), verifier())?);
     eprintln!(
         "bench l2: {} nodes, {} chunks of {} KiB ({} MiB), k={k} n={n}",
         nodes.len(),
@@ -309,20 +309,20 @@ pub(crate) async fn run(args: &BenchL2Args, l2: Option<L2Config>) -> Result<()> 
         .collect();
     // Both layouts place by the same node list (the proxy stands in for the slow node), and are
     // primed afresh under their own keys.
-    let ec_slow = L2Tier::new(
+    let ec_slow = Arc::new(L2Tier::new(
         L2Config {
             nodes: with_proxy.clone(),
             ..config.clone()
         },
         verifier(),
-    )?;
+    )?);
     let single = L2Config {
         nodes: with_proxy.clone(),
         k: 1,
         n: 1,
         ..config.clone()
     };
-    let single_slow = L2Tier::new(single, verifier())?;
+    let single_slow = Arc::new(L2Tier::new(single, verifier())?);
     prime(&ec_slow, &chunks).await?;
     prime(&single_slow, &chunks).await?;
     let _ = read_all(&ec_slow, &chunks[..chunks.len().min(50)]).await?;

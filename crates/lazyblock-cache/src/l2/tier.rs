@@ -84,15 +84,18 @@ pub struct L2Stats {
     pub hits: AtomicU64,
     /// Reads that found fewer than `k` stripes.
     pub misses: AtomicU64,
-    /// Reads whose stripes did not rebuild the chunk (garbage stripes); never served.
+    /// Reads whose first `k` stripes did not rebuild the chunk (a bad stripe). Served from another
+    /// `k`-subset (and the chunk rewritten) or, failing that, not at all; never the bad bytes.
     pub corrupt: AtomicU64,
-    /// Hits that needed a parity stripe.
+    /// Hits rebuilt with a parity stripe, because a data stripe was lost, bad, or only later
+    /// than the parity (a read takes the first `k` valid stripes, whichever they are).
     pub rebuilds: AtomicU64,
     /// Stripes a node answered "not found" for.
     pub stripes_missing: AtomicU64,
     /// Stripe requests that failed (connection refused or broken, timeout, refusal).
     pub stripes_failed: AtomicU64,
-    /// Stripe requests cancelled because `k` good stripes had already arrived.
+    /// Stripe requests cancelled before they answered: `k` good stripes had already arrived,
+    /// or too many had failed for `k` to be reached.
     pub stripes_late: AtomicU64,
     /// Stripes whose frame was malformed or described another chunk or layout.
     pub stripes_invalid: AtomicU64,
@@ -208,7 +211,7 @@ impl L2Tier {
     /// Reads chunk `id` of `len` bytes: all `n` stripe requests at once, rebuilt from the first
     /// `k` good ones, verified.
     #[tracing::instrument(level = "debug", name = "l2_get", skip_all, fields(chunk = %hex::encode(&id[..6])))]
-    pub async fn get(&self, id: &ChunkId, len: usize) -> L2Get {
+    pub async fn get(self: &Arc<Self>, id: &ChunkId, len: usize) -> L2Get {
         let k = self.config.k;
         let max_value = HEADER_LEN + shard_len(len, k);
         let mut pending: FuturesUnordered<_> = self
@@ -239,7 +242,7 @@ impl L2Tier {
                 Ok(None) => bump(&self.stats.stripes_missing),
                 Err(e) => {
                     bump(&self.stats.stripes_failed);
-                    if !matches!(e, McError::Timeout(_)) {
+                    if matches!(e, McError::Io(_)) {
                         node.forget_idle();
                     }
                     debug!(
@@ -259,6 +262,9 @@ impl L2Tier {
                 }
             }
             if good.len() + pending.len() < k {
+                self.stats
+                    .stripes_late
+                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
                 break;
             }
         }
@@ -276,8 +282,12 @@ impl L2Tier {
             }
             let pick: Vec<(usize, Vec<u8>)> = subset.iter().map(|&i| good[i].clone()).collect();
             if let Some(hit) = self.try_rebuild(id, len, &pick) {
-                warn!(chunk = %hex::encode(&id[..6]), "AZ cache: a bad stripe was left out of the rebuild");
+                warn!(chunk = %hex::encode(&id[..6]), "AZ cache: a bad stripe was left out of the rebuild; rewriting the chunk");
                 bump(&self.stats.corrupt);
+                // Rewrite every stripe, or each later read pays the failed rebuild again.
+                if let L2Get::Hit { data, .. } = &hit {
+                    self.fill(*id, data.clone());
+                }
                 return hit;
             }
         }
@@ -344,7 +354,7 @@ impl L2Tier {
                 Ok(()) => stored += 1,
                 Err(e) => {
                     bump(&self.stats.fill_stripe_errors);
-                    if !matches!(e, McError::Timeout(_)) {
+                    if matches!(e, McError::Io(_)) {
                         node.forget_idle();
                     }
                     last_error = Some(format!("{}: {e}", node.addr()));
