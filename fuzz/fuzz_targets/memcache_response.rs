@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Parsed::Done(value, used)) = parse_get(data, b"lbs1:4-5:k:0", max) {
         assert!(used <= data.len());
         if let Some(v) = value {
-            assert!(v.len() <= max);
+            assert!(v.len() <= max && v.end <= used);
         }
     }
     if let Ok(Parsed::Done((), used)) = parse_store(data) {

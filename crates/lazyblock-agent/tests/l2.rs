@@ -21,7 +21,6 @@ use lazyblock_agent::metrics::{DeviceMetrics, Tier};
 use lazyblock_cache::l2::memcache::Node;
 use lazyblock_cache::l2::stripe::HEADER_LEN;
 use lazyblock_cache::l2::{FleetOptions, L2Config, L2Tier, LocalFleet};
-use lazyblock_cache::ChunkId;
 use lazyblock_format::{chunk_name_of, ChunkName, ImageRef, ManifestId, RootId, TenantId};
 use lazyblock_store::{ChunkStore, ObjectChunkStore, PutOutcome, StoreConfig, StoreLocation};
 use rand::rngs::StdRng;
@@ -178,8 +177,7 @@ async fn fixture(seed: u64) -> Fixture {
         timeout: Duration::from_secs(2),
         ..L2Config::default()
     };
-    let verify = Arc::new(|id: &ChunkId, data: &[u8]| chunk_name_of(data).as_bytes() == id);
-    let l2 = Arc::new(L2Tier::new(config, verify).expect("tier"));
+    let l2 = Arc::new(L2Tier::new(config).expect("tier"));
     assert!(l2.stripes_distinct());
     Fixture {
         l2,
@@ -274,7 +272,8 @@ impl Fixture {
             .get(&key, 8 << 20, timeout)
             .await
             .expect("get")
-            .expect("stripe stored");
+            .expect("stripe stored")
+            .to_vec();
         for b in &mut frame[HEADER_LEN..] {
             *b = !*b;
         }

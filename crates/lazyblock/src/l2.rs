@@ -10,7 +10,7 @@ use bytes::Bytes;
 use clap::Args;
 use futures::future::BoxFuture;
 use lazyblock_cache::{L2Config, L2Tier};
-use lazyblock_format::{chunk_name_of, ChunkName};
+use lazyblock_format::ChunkName;
 use lazyblock_image::ChunkSink;
 use tracing::warn;
 
@@ -79,8 +79,7 @@ pub(crate) fn resolve(args: &L2Args, file: Option<&FileL2>) -> Result<Option<L2C
 
 /// Opens the AZ tier: checks the settings (connections are made on first use).
 pub(crate) fn open(config: L2Config) -> Result<Arc<L2Tier>> {
-    let verify = Arc::new(|id: &[u8; 32], data: &[u8]| chunk_name_of(data).as_bytes() == id);
-    let tier = L2Tier::new(config, verify)?;
+    let tier = L2Tier::new(config)?;
     if !tier.stripes_distinct() {
         let c = tier.config();
         warn!(

@@ -9,9 +9,11 @@
 //! request failed, timed out or was cancelled (the L2 reader drops the stripes it no longer
 //! needs) is closed, since its stream may hold half an answer.
 
+use std::ops::Range;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -52,13 +54,14 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
 const MAX_LINE: usize = 512;
 
 /// Parses the answer to `get <key>`: `END\r\n` (a miss) or
-/// `VALUE <key> <flags> <bytes>\r\n<data>\r\nEND\r\n`. A value longer than `max_value`, for
-/// another key, or any other line is a protocol error.
+/// `VALUE <key> <flags> <bytes>\r\n<data>\r\nEND\r\n`, giving where the value lies in `buf`
+/// (so the caller can take it without a copy). A value longer than `max_value`, for another
+/// key, or any other line is a protocol error.
 pub fn parse_get(
     buf: &[u8],
     key: &[u8],
     max_value: usize,
-) -> Result<Parsed<Option<Vec<u8>>>, McError> {
+) -> Result<Parsed<Option<Range<usize>>>, McError> {
     let Some(eol) = find_crlf(buf) else {
         if buf.len() > MAX_LINE {
             return Err(McError::Protocol("header line too long".into()));
@@ -107,10 +110,7 @@ pub fn parse_get(
     if &buf[end..end + tail.len()] != tail {
         return Err(McError::Protocol("value not followed by END".into()));
     }
-    Ok(Parsed::Done(
-        Some(buf[start..end].to_vec()),
-        end + tail.len(),
-    ))
+    Ok(Parsed::Done(Some(start..end), end + tail.len()))
 }
 
 /// Parses the answer to `set`: `STORED\r\n`, or a refusal.
@@ -208,18 +208,23 @@ impl Node {
     }
 
     /// `get key`: the value, `None` on a miss. Values longer than `max_value` are an error.
+    /// The value is the receive buffer itself, sliced (no copy).
     pub async fn get(
         &self,
         key: &str,
         max_value: usize,
         timeout: Duration,
-    ) -> Result<Option<Vec<u8>>, McError> {
+    ) -> Result<Option<Bytes>, McError> {
         let request = format!("get {key}\r\n");
         let key = key.as_bytes().to_vec();
-        self.request(request.into_bytes(), timeout, move |buf| {
-            parse_get(buf, &key, max_value)
-        })
-        .await
+        // Room for the whole answer: the header line, the value and the trailer.
+        let capacity = max_value + key.len() + 64;
+        let (range, buf) = self
+            .request(request.into_bytes(), timeout, capacity, move |buf| {
+                parse_get(buf, &key, max_value)
+            })
+            .await?;
+        Ok(range.map(|r| Bytes::from(buf).slice(r)))
     }
 
     /// `set key 0 <ttl> <len>` with `value`; `ttl_secs` 0 keeps it until evicted.
@@ -233,29 +238,36 @@ impl Node {
         let mut request = format!("set {key} 0 {ttl_secs} {}\r\n", value.len()).into_bytes();
         request.extend_from_slice(value);
         request.extend_from_slice(b"\r\n");
-        self.request(request, timeout, parse_store).await
+        self.request(request, timeout, 256, parse_store)
+            .await
+            .map(|((), _)| ())
     }
 
+    /// Sends `request` and reads until `parse` says the answer is complete; returns the parsed
+    /// answer and the receive buffer.
     async fn request<T>(
         &self,
         request: Vec<u8>,
         timeout: Duration,
+        capacity: usize,
         parse: impl Fn(&[u8]) -> Result<Parsed<T>, McError>,
-    ) -> Result<T, McError> {
+    ) -> Result<(T, Vec<u8>), McError> {
         let exchange = async {
             let mut conn = self.conn().await?;
             let io = |e: std::io::Error| McError::Io(format!("{}: {e}", self.addr));
             conn.write_all(&request).await.map_err(io)?;
-            let mut buf = Vec::with_capacity(8 << 10);
+            let mut buf = Vec::with_capacity(capacity);
             loop {
                 if let Parsed::Done(value, used) = parse(&buf)? {
                     if used == buf.len() {
                         self.release(conn);
                     }
-                    return Ok(value);
+                    return Ok((value, buf));
                 }
                 let before = buf.len();
-                buf.reserve(64 << 10);
+                if buf.capacity() - buf.len() < 4096 {
+                    buf.reserve(64 << 10);
+                }
                 let n = conn.read_buf(&mut buf).await.map_err(io)?;
                 if n == 0 || buf.len() == before {
                     return Err(McError::Io(format!(
@@ -284,7 +296,7 @@ mod tests {
         let hit = b"VALUE k1 0 3\r\nabc\r\nEND\r\n";
         assert_eq!(
             parse_get(hit, k, 10),
-            Ok(Parsed::Done(Some(b"abc".to_vec()), hit.len()))
+            Ok(Parsed::Done(Some(14..17), hit.len()))
         );
         for cut in 0..hit.len() {
             assert_eq!(
