@@ -319,6 +319,7 @@ impl ChunkFetcher {
         match l2.get(req.name.as_bytes(), req.len).await {
             L2Get::Hit { data, .. } => {
                 metrics.l2_latency.record(started.elapsed());
+                metrics.l2_chunks.fetch_add(1, Ordering::Relaxed);
                 if self.has_disk_tier() {
                     let this = Arc::clone(self);
                     let id = *req.name.as_bytes();

@@ -186,6 +186,8 @@ pub struct DeviceMetrics {
     pub origin_errors: AtomicU64,
     /// Of `origin_chunks`, those fetched by read-ahead or profile replay.
     pub prefetched_chunks: AtomicU64,
+    /// Chunks fetched from the AZ cache tier for this device (demand and prefetch).
+    pub l2_chunks: AtomicU64,
     /// Read latency, by the slowest tier the read needed (index: [`Tier`] order).
     pub read_latency: [Histogram; 5],
     /// Latency of origin fetches.
@@ -298,7 +300,7 @@ fn prom_histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
 pub fn render_prometheus(devices: &[(String, &DeviceMetrics)]) -> String {
     let mut out = String::new();
     type Counter = fn(&DeviceMetrics) -> &AtomicU64;
-    let counters: [(&str, &str, Counter); 10] = [
+    let counters: [(&str, &str, Counter); 11] = [
         ("lazyblock_reads_total", "Guest reads.", |m| &m.reads),
         (
             "lazyblock_read_bytes_total",
@@ -336,6 +338,11 @@ pub fn render_prometheus(devices: &[(String, &DeviceMetrics)]) -> String {
             "lazyblock_prefetched_chunks_total",
             "Origin chunks fetched by read-ahead or profile replay.",
             |m| &m.prefetched_chunks,
+        ),
+        (
+            "lazyblock_az_chunks_total",
+            "Chunks fetched from the AZ cache tier (demand and prefetch).",
+            |m| &m.l2_chunks,
         ),
     ];
     for (name, help, get) in counters {

@@ -170,6 +170,7 @@ struct RunResult {
     origin_bytes: u64,
     guest_chunks: u64,
     prefetched: u64,
+    l2_chunks: u64,
     tier_hits: [u64; 5],
 }
 
@@ -341,12 +342,13 @@ impl Bench {
             for run in 0..self.args.runs.max(1) {
                 let r = self.run_one(w, &image, &raw, scenario, run).await?;
                 eprintln!(
-                    "bench start: {:<6} {:<20} {:>7.3} s  origin {:>4} chunks {:>10}  guest read {:>4} chunks",
+                    "bench start: {:<6} {:<23} {:>7.3} s  origin {:>4} chunks {:>10}  az {:>4} chunks  guest read {:>4} chunks",
                     w.key,
                     scenario.label(),
                     r.seconds,
                     r.origin_chunks,
                     human_bytes(r.origin_bytes),
+                    r.l2_chunks,
                     r.guest_chunks
                 );
                 runs.push(r);
@@ -553,6 +555,7 @@ impl Bench {
             origin_bytes: get(&m.origin_bytes),
             guest_chunks: source.chunks_read(),
             prefetched: get(&m.prefetched_chunks),
+            l2_chunks: get(&m.l2_chunks),
             tier_hits: Tier::ALL.map(|t| m.hits(t)),
         })
     }
@@ -594,7 +597,7 @@ impl Bench {
                     "-".into()
                 };
                 println!(
-                    "{:<7} {:<23} {:>8.3} {:>8.2}× {:>8.2}× {:>11} {:>8} {:>9}  {shares}",
+                    "{:<7} {:<23} {:>8.3} {:>8.2}× {:>8.2}× {:>11} {:>8} {:>6} {:>9}  {shares}",
                     w.key,
                     s.label(),
                     r.seconds,
@@ -602,6 +605,7 @@ impl Bench {
                     r.seconds / local.max(1e-9),
                     human_bytes(r.origin_bytes),
                     r.origin_chunks,
+                    r.l2_chunks,
                     if r.guest_chunks > 0 {
                         r.guest_chunks.to_string()
                     } else {
@@ -619,6 +623,7 @@ impl Bench {
                     "origin_bytes": r.origin_bytes,
                     "guest_chunks_read": r.guest_chunks,
                     "prefetched_chunks": r.prefetched,
+                    "az_chunks": r.l2_chunks,
                     "chunk_hits": {"memory": r.tier_hits[1], "disk": r.tier_hits[2], "az": r.tier_hits[3], "origin": r.tier_hits[4]},
                 }));
             }
