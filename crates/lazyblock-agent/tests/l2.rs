@@ -8,21 +8,19 @@
 //! the AZ tier. Needs the `memcached` binary (Debian package `memcached`).
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::BoxStream;
 use lazyblock_agent::fetch::{ChunkFetcher, ChunkRequest, FetcherConfig, Priority};
 use lazyblock_agent::metrics::{DeviceMetrics, Tier};
 use lazyblock_cache::l2::memcache::Node;
 use lazyblock_cache::l2::stripe::HEADER_LEN;
 use lazyblock_cache::l2::{FleetOptions, L2Config, L2Tier, LocalFleet};
-use lazyblock_format::{chunk_name_of, ChunkName, ImageRef, ManifestId, RootId, TenantId};
-use lazyblock_store::{ChunkStore, ObjectChunkStore, PutOutcome, StoreConfig, StoreLocation};
+use lazyblock_format::{chunk_name_of, ChunkName, RootId};
+use lazyblock_store::testing::CountingStore;
+use lazyblock_store::{ChunkStore, ObjectChunkStore, StoreConfig, StoreLocation};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -31,94 +29,6 @@ const K: usize = 4;
 const N: usize = 5;
 const CHUNKS: usize = 16;
 const CHUNK: usize = 512 << 10;
-
-/// An origin that counts chunk GETs per name.
-#[derive(Debug)]
-struct CountingStore {
-    inner: Arc<dyn ChunkStore>,
-    gets: Mutex<HashMap<ChunkName, usize>>,
-}
-
-#[async_trait]
-impl ChunkStore for CountingStore {
-    fn url(&self) -> &str {
-        self.inner.url()
-    }
-    async fn check(&self) -> lazyblock_store::Result<()> {
-        self.inner.check().await
-    }
-    async fn sync(&self) -> lazyblock_store::Result<()> {
-        self.inner.sync().await
-    }
-    async fn put_chunk(
-        &self,
-        root: &RootId,
-        name: &ChunkName,
-        data: Bytes,
-    ) -> lazyblock_store::Result<PutOutcome> {
-        self.inner.put_chunk(root, name, data).await
-    }
-    async fn get_chunk(&self, root: &RootId, name: &ChunkName) -> lazyblock_store::Result<Bytes> {
-        *self.gets.lock().expect("lock").entry(*name).or_default() += 1;
-        self.inner.get_chunk(root, name).await
-    }
-    async fn has_chunk(&self, root: &RootId, name: &ChunkName) -> lazyblock_store::Result<bool> {
-        self.inner.has_chunk(root, name).await
-    }
-    async fn delete_chunk(&self, root: &RootId, name: &ChunkName) -> lazyblock_store::Result<()> {
-        self.inner.delete_chunk(root, name).await
-    }
-    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, lazyblock_store::Result<ChunkName>> {
-        self.inner.list_chunks(root)
-    }
-    async fn put_manifest(
-        &self,
-        root: &RootId,
-        id: &ManifestId,
-        data: Bytes,
-    ) -> lazyblock_store::Result<PutOutcome> {
-        self.inner.put_manifest(root, id, data).await
-    }
-    async fn get_manifest(&self, root: &RootId, id: &ManifestId) -> lazyblock_store::Result<Bytes> {
-        self.inner.get_manifest(root, id).await
-    }
-    async fn put_profile(
-        &self,
-        root: &RootId,
-        id: &ManifestId,
-        data: Bytes,
-    ) -> lazyblock_store::Result<()> {
-        self.inner.put_profile(root, id, data).await
-    }
-    async fn get_profile(&self, root: &RootId, id: &ManifestId) -> lazyblock_store::Result<Bytes> {
-        self.inner.get_profile(root, id).await
-    }
-    async fn put_catalog(
-        &self,
-        tenant: &TenantId,
-        image: &ImageRef,
-        entry: Bytes,
-    ) -> lazyblock_store::Result<()> {
-        self.inner.put_catalog(tenant, image, entry).await
-    }
-    async fn get_catalog(
-        &self,
-        tenant: &TenantId,
-        image: &ImageRef,
-    ) -> lazyblock_store::Result<Bytes> {
-        self.inner.get_catalog(tenant, image).await
-    }
-    async fn delete_catalog(
-        &self,
-        tenant: &TenantId,
-        image: &ImageRef,
-    ) -> lazyblock_store::Result<()> {
-        self.inner.delete_catalog(tenant, image).await
-    }
-    async fn list_catalog(&self, tenant: &TenantId) -> lazyblock_store::Result<Vec<ImageRef>> {
-        self.inner.list_catalog(tenant).await
-    }
-}
 
 struct Fixture {
     // Dropped in order: the tier, then the fleet (which kills its nodes), then the store.
@@ -140,10 +50,9 @@ async fn fixture(seed: u64) -> Fixture {
             .expect("url"),
     );
     cfg.create_if_missing = true;
-    let origin = Arc::new(CountingStore {
-        inner: Arc::new(ObjectChunkStore::open(&cfg).expect("store")),
-        gets: Mutex::new(HashMap::new()),
-    });
+    let origin = Arc::new(CountingStore::new(Arc::new(
+        ObjectChunkStore::open(&cfg).expect("store"),
+    )));
     let root = RootId::initial();
     // Windows of a random pool with a fresh random head each: distinct, and cheap to make in a
     // debug build.
@@ -226,10 +135,9 @@ impl Fixture {
 
     /// GETs the origin served, per chunk index.
     fn origin_gets(&self) -> Vec<usize> {
-        let gets = self.origin.gets.lock().expect("lock");
         self.chunks
             .iter()
-            .map(|(name, _)| gets.get(name).copied().unwrap_or(0))
+            .map(|(name, _)| self.origin.gets_of(name))
             .collect()
     }
 

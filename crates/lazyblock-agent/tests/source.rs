@@ -3,129 +3,18 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::stream::BoxStream;
 use lazyblock_agent::fetch::{ChunkFetcher, FetcherConfig};
 use lazyblock_agent::{BlockDevice, BlockSource, DeviceErrorKind, SourceConfig, SourceDevice};
-use lazyblock_format::{ChunkName, ChunkSize, ImageRef, ManifestId, RootId, TenantId};
+use lazyblock_format::{ChunkName, ChunkSize, ImageRef, RootId, TenantId};
 use lazyblock_image::{build, open_image, BuildOptions, Context, NoProgress};
 use lazyblock_keys::{KeyAccess, LocalKeyring};
-use lazyblock_store::{
-    ChunkStore, ObjectChunkStore, PutOutcome, StoreConfig, StoreError, StoreErrorKind,
-    StoreLocation,
-};
+use lazyblock_store::testing::CountingStore;
+use lazyblock_store::{ChunkStore, ObjectChunkStore, StoreConfig, StoreLocation};
 use rand::{Rng, SeedableRng};
-
-/// Counts chunk GETs per name; can fail them.
-#[derive(Debug)]
-struct CountingStore {
-    inner: Arc<dyn ChunkStore>,
-    gets: Mutex<Vec<ChunkName>>,
-    fail: AtomicBool,
-    calls: AtomicUsize,
-}
-
-#[async_trait]
-impl ChunkStore for CountingStore {
-    fn url(&self) -> &str {
-        self.inner.url()
-    }
-    async fn check(&self) -> lazyblock_store::Result<()> {
-        self.inner.check().await
-    }
-    async fn sync(&self) -> lazyblock_store::Result<()> {
-        self.inner.sync().await
-    }
-    async fn put_chunk(
-        &self,
-        root: &RootId,
-        name: &ChunkName,
-        data: Bytes,
-    ) -> lazyblock_store::Result<PutOutcome> {
-        self.inner.put_chunk(root, name, data).await
-    }
-    async fn get_chunk(&self, root: &RootId, name: &ChunkName) -> lazyblock_store::Result<Bytes> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::new(
-                StoreErrorKind::Unavailable,
-                "injected: origin unreachable",
-            ));
-        }
-        self.gets.lock().expect("lock").push(*name);
-        self.inner.get_chunk(root, name).await
-    }
-    async fn has_chunk(&self, root: &RootId, name: &ChunkName) -> lazyblock_store::Result<bool> {
-        self.inner.has_chunk(root, name).await
-    }
-    async fn delete_chunk(&self, root: &RootId, name: &ChunkName) -> lazyblock_store::Result<()> {
-        self.inner.delete_chunk(root, name).await
-    }
-    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, lazyblock_store::Result<ChunkName>> {
-        self.inner.list_chunks(root)
-    }
-    async fn put_manifest(
-        &self,
-        root: &RootId,
-        id: &ManifestId,
-        data: Bytes,
-    ) -> lazyblock_store::Result<PutOutcome> {
-        self.inner.put_manifest(root, id, data).await
-    }
-    async fn get_manifest(&self, root: &RootId, id: &ManifestId) -> lazyblock_store::Result<Bytes> {
-        self.inner.get_manifest(root, id).await
-    }
-    async fn put_profile(
-        &self,
-        root: &RootId,
-        id: &ManifestId,
-        data: Bytes,
-    ) -> lazyblock_store::Result<()> {
-        self.inner.put_profile(root, id, data).await
-    }
-    async fn get_profile(&self, root: &RootId, id: &ManifestId) -> lazyblock_store::Result<Bytes> {
-        self.inner.get_profile(root, id).await
-    }
-    async fn put_catalog(
-        &self,
-        tenant: &TenantId,
-        image: &ImageRef,
-        entry: Bytes,
-    ) -> lazyblock_store::Result<()> {
-        self.inner.put_catalog(tenant, image, entry).await
-    }
-    async fn get_catalog(
-        &self,
-        tenant: &TenantId,
-        image: &ImageRef,
-    ) -> lazyblock_store::Result<Bytes> {
-        self.inner.get_catalog(tenant, image).await
-    }
-    async fn delete_catalog(
-        &self,
-        tenant: &TenantId,
-        image: &ImageRef,
-    ) -> lazyblock_store::Result<()> {
-        self.inner.delete_catalog(tenant, image).await
-    }
-    async fn list_catalog(&self, tenant: &TenantId) -> lazyblock_store::Result<Vec<ImageRef>> {
-        self.inner.list_catalog(tenant).await
-    }
-}
-
-impl CountingStore {
-    fn gets(&self) -> Vec<ChunkName> {
-        self.gets.lock().expect("lock").clone()
-    }
-    fn reset(&self) {
-        self.gets.lock().expect("lock").clear();
-    }
-}
 
 const CHUNK: u64 = 64 << 10;
 
@@ -146,12 +35,7 @@ async fn fixture() -> Fixture {
     );
     cfg.create_if_missing = true;
     let inner: Arc<dyn ChunkStore> = Arc::new(ObjectChunkStore::open(&cfg).expect("store"));
-    let store = Arc::new(CountingStore {
-        inner,
-        gets: Mutex::new(Vec::new()),
-        fail: AtomicBool::new(false),
-        calls: AtomicUsize::new(0),
-    });
+    let store = Arc::new(CountingStore::new(inner));
     let ctx = Context {
         store: store.clone(),
         keys: Arc::new(LocalKeyring::with_random(
@@ -458,7 +342,7 @@ async fn an_unusable_cache_directory_still_serves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn origin_failures_give_an_io_error_not_a_hang() {
     let f = fixture().await;
-    f.store.fail.store(true, Ordering::SeqCst);
+    f.store.set_failing(true);
     let dev = SourceDevice(f.source(f.fetcher(None), ro()).await);
     let err = tokio::time::timeout(Duration::from_secs(30), dev.read(0, 4096))
         .await
@@ -472,7 +356,7 @@ async fn origin_failures_give_an_io_error_not_a_hang() {
         vec![0; 4096]
     );
     // The origin comes back: the same device serves again.
-    f.store.fail.store(false, Ordering::SeqCst);
+    f.store.set_failing(false);
     assert_eq!(dev.read(0, 4096).await.expect("read"), f.image[..4096]);
     assert!(dev.0.metrics().origin_errors.load(Ordering::Relaxed) >= 1);
 }

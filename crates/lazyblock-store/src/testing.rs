@@ -1,5 +1,6 @@
 //! Test support shared by this crate's tests and the crates above it: the [`ChunkStore`]
 //! conformance suite, a wrapper that behaves like an S3 server which ignores `If-None-Match`,
+//! [`CountingStore`] (records chunk GETs, fails them on demand),
 //! and the settings of the S3-compatible test server.
 //!
 //! Not for production use.
@@ -317,4 +318,127 @@ pub async fn conformance(store: &dyn ChunkStore, strict_create: bool) {
         store.list_catalog(&t1).await.expect("list"),
         vec![img("web/app:v2")]
     );
+}
+
+/// A [`ChunkStore`] wrapper for tests of what reads the origin: it records every chunk GET (the
+/// names, in order) and can fail them all on demand, like an origin that went away.
+#[derive(Debug)]
+pub struct CountingStore {
+    inner: Arc<dyn ChunkStore>,
+    gets: std::sync::Mutex<Vec<ChunkName>>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl CountingStore {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn ChunkStore>) -> Self {
+        Self {
+            inner,
+            gets: std::sync::Mutex::new(Vec::new()),
+            failing: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The names of the chunk GETs that reached the inner store, in order.
+    pub fn gets(&self) -> Vec<ChunkName> {
+        self.gets.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many GETs of `name` reached the inner store.
+    pub fn gets_of(&self, name: &ChunkName) -> usize {
+        self.gets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|n| *n == name)
+            .count()
+    }
+
+    /// Forgets the GETs recorded so far.
+    pub fn reset(&self) {
+        self.gets.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// While `true`, every chunk GET fails with a retryable "unreachable" error (not recorded).
+    pub fn set_failing(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl ChunkStore for CountingStore {
+    fn url(&self) -> &str {
+        self.inner.url()
+    }
+    async fn check(&self) -> crate::Result<()> {
+        self.inner.check().await
+    }
+    async fn sync(&self) -> crate::Result<()> {
+        self.inner.sync().await
+    }
+    async fn put_chunk(
+        &self,
+        root: &RootId,
+        name: &ChunkName,
+        data: Bytes,
+    ) -> crate::Result<PutOutcome> {
+        self.inner.put_chunk(root, name, data).await
+    }
+    async fn get_chunk(&self, root: &RootId, name: &ChunkName) -> crate::Result<Bytes> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::StoreError::new(
+                StoreErrorKind::Unavailable,
+                "injected: origin unreachable",
+            ));
+        }
+        self.gets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(*name);
+        self.inner.get_chunk(root, name).await
+    }
+    async fn has_chunk(&self, root: &RootId, name: &ChunkName) -> crate::Result<bool> {
+        self.inner.has_chunk(root, name).await
+    }
+    async fn delete_chunk(&self, root: &RootId, name: &ChunkName) -> crate::Result<()> {
+        self.inner.delete_chunk(root, name).await
+    }
+    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, crate::Result<ChunkName>> {
+        self.inner.list_chunks(root)
+    }
+    async fn put_manifest(
+        &self,
+        root: &RootId,
+        id: &ManifestId,
+        data: Bytes,
+    ) -> crate::Result<PutOutcome> {
+        self.inner.put_manifest(root, id, data).await
+    }
+    async fn get_manifest(&self, root: &RootId, id: &ManifestId) -> crate::Result<Bytes> {
+        self.inner.get_manifest(root, id).await
+    }
+    async fn put_profile(&self, root: &RootId, id: &ManifestId, data: Bytes) -> crate::Result<()> {
+        self.inner.put_profile(root, id, data).await
+    }
+    async fn get_profile(&self, root: &RootId, id: &ManifestId) -> crate::Result<Bytes> {
+        self.inner.get_profile(root, id).await
+    }
+    async fn put_catalog(
+        &self,
+        tenant: &TenantId,
+        image: &ImageRef,
+        entry: Bytes,
+    ) -> crate::Result<()> {
+        self.inner.put_catalog(tenant, image, entry).await
+    }
+    async fn get_catalog(&self, tenant: &TenantId, image: &ImageRef) -> crate::Result<Bytes> {
+        self.inner.get_catalog(tenant, image).await
+    }
+    async fn delete_catalog(&self, tenant: &TenantId, image: &ImageRef) -> crate::Result<()> {
+        self.inner.delete_catalog(tenant, image).await
+    }
+    async fn list_catalog(&self, tenant: &TenantId) -> crate::Result<Vec<ImageRef>> {
+        self.inner.list_catalog(tenant).await
+    }
 }
