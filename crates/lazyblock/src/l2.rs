@@ -26,19 +26,39 @@ pub(crate) struct L2Args {
         id = "l2",
         long = "l2",
         global = true,
+        help_heading = "AZ cache (L2)",
         env = "LAZYBLOCK_L2",
         value_delimiter = ',',
         value_name = "HOST:PORT,..."
     )]
     pub(crate) nodes: Vec<String>,
     /// AZ cache: stripes needed to rebuild a chunk [default: 4]
-    #[arg(id = "l2_k", long = "l2-k", global = true, value_name = "K")]
+    #[arg(
+        id = "l2_k",
+        long = "l2-k",
+        global = true,
+        help_heading = "AZ cache (L2)",
+        value_name = "K"
+    )]
     pub(crate) k: Option<usize>,
     /// AZ cache: stripes written per chunk, each on its own node; n - k may be lost [default: 5]
-    #[arg(id = "l2_n", long = "l2-n", global = true, value_name = "N")]
+    #[arg(
+        id = "l2_n",
+        long = "l2-n",
+        global = true,
+        help_heading = "AZ cache (L2)",
+        value_name = "N"
+    )]
     pub(crate) n: Option<usize>,
     /// AZ cache: bound on each stripe request; requests are never retried [default: 50ms]
-    #[arg(id = "l2_timeout", long = "l2-timeout", global = true, value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(
+        id = "l2_timeout",
+        long = "l2-timeout",
+        global = true,
+        help_heading = "AZ cache (L2)",
+        value_parser = parse_duration,
+        value_name = "DURATION"
+    )]
     pub(crate) timeout: Option<Duration>,
 }
 
