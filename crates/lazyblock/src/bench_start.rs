@@ -568,7 +568,7 @@ impl Bench {
                 .unwrap_or_default()
         };
         println!(
-            "\n{:<7} {:<23} {:>8} {:>9} {:>9} {:>11} {:>8} {:>9}  chunks served: memory/disk/az/origin",
+            "\n{:<7} {:<23} {:>8} {:>9} {:>9} {:>11} {:>8} {:>6} {:>9}  guest chunk lookups served: memory/disk/az/origin",
             "image",
             "scenario",
             "seconds",
@@ -576,6 +576,7 @@ impl Bench {
             "vs local",
             "origin",
             "chunks",
+            "az",
             "read",
         );
         let mut json_rows = Vec::new();
