@@ -539,6 +539,32 @@ mod tests {
     }
 
     #[test]
+    fn az_tier_series() {
+        let stats = lazyblock_cache::L2Stats::default();
+        stats.hits.fetch_add(7, Ordering::Relaxed);
+        stats.fill_backlog.fetch_add(2, Ordering::Relaxed);
+        let text = render_l2_prometheus(&stats);
+        assert!(
+            text.contains("# TYPE lazyblock_az_hits_total counter\nlazyblock_az_hits_total 7\n")
+        );
+        assert!(
+            text.contains("# TYPE lazyblock_az_fill_backlog gauge\nlazyblock_az_fill_backlog 2\n")
+        );
+        assert!(text.contains("lazyblock_az_stripes_late_total 0\n"));
+        let m = DeviceMetrics::default();
+        m.hit(Tier::L2);
+        m.l2_latency.record(Duration::from_micros(600));
+        let text = render_prometheus(&[("img:v1".into(), &m)]);
+        assert!(text.contains("lazyblock_chunk_hits_total{device=\"img:v1\",tier=\"az\"} 1"));
+        assert!(text.contains("lazyblock_az_fetch_seconds_count{device=\"img:v1\"} 1"));
+        assert!(
+            m.summary().contains("disk 0 az 1 origin 0"),
+            "{}",
+            m.summary()
+        );
+    }
+
+    #[test]
     fn prometheus_text() {
         let m = DeviceMetrics::default();
         m.reads.fetch_add(3, Ordering::Relaxed);
