@@ -476,8 +476,10 @@ pub(crate) struct ServeArgs {
 
 pub(crate) async fn cmd_serve(r: &Resolved, a: &ServeArgs) -> Result<()> {
     let addr: lazyblock_agent::nbd::NbdAddr = a.nbd.parse().map_err(|e| anyhow!("--nbd: {e}"))?;
-    let agent = Agent::start(r, &a.image, &a.agent).await?;
+    // The address first: a busy one is refused before the image is opened and any background
+    // work (profile fetch) is started, so the refusal is the only thing printed.
     let listener = lazyblock_agent::nbd::NbdListener::bind(&addr).await?;
+    let agent = Agent::start(r, &a.image, &a.agent).await?;
     let export = lazyblock_agent::nbd::NbdExport {
         name: agent.image.to_string(),
         description: format!("lazyblock {}", agent.image),
