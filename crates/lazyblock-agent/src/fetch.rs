@@ -295,16 +295,7 @@ impl ChunkFetcher {
         if let Some(l2) = &self.config.l2 {
             l2.fill(id, data.clone());
         }
-        if self.has_disk_tier() {
-            let this = Arc::clone(self);
-            let bytes = data.clone();
-            let put =
-                tokio::task::spawn_blocking(move || this.disk.as_ref().map(|d| d.put(&id, &bytes)))
-                    .await;
-            if let Ok(Some(Err(e))) = put {
-                self.disk_failed("write", &e.to_string(), e.kind());
-            }
-        }
+        self.disk_put(id, &data).await;
         drop(lock);
         Ok((data, Tier::Origin))
     }
@@ -320,21 +311,25 @@ impl ChunkFetcher {
             L2Get::Hit { data, .. } => {
                 metrics.l2_latency.record(started.elapsed());
                 metrics.l2_chunks.fetch_add(1, Ordering::Relaxed);
-                if self.has_disk_tier() {
-                    let this = Arc::clone(self);
-                    let id = *req.name.as_bytes();
-                    let bytes = data.clone();
-                    let put = tokio::task::spawn_blocking(move || {
-                        this.disk.as_ref().map(|d| d.put(&id, &bytes))
-                    })
-                    .await;
-                    if let Ok(Some(Err(e))) = put {
-                        self.disk_failed("write", &e.to_string(), e.kind());
-                    }
-                }
+                self.disk_put(*req.name.as_bytes(), &data).await;
                 Some(data)
             }
             L2Get::Miss | L2Get::Corrupt => None,
+        }
+    }
+
+    /// Stores a verified chunk in the disk tier, if there is one; a failure is only reported.
+    async fn disk_put(self: &Arc<Self>, id: [u8; 32], data: &Bytes) {
+        if !self.has_disk_tier() {
+            return;
+        }
+        let this = Arc::clone(self);
+        let bytes = data.clone();
+        let put =
+            tokio::task::spawn_blocking(move || this.disk.as_ref().map(|d| d.put(&id, &bytes)))
+                .await;
+        if let Ok(Some(Err(e))) = put {
+            self.disk_failed("write", &e.to_string(), e.kind());
         }
     }
 
