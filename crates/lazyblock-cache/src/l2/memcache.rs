@@ -7,7 +7,8 @@
 //!
 //! A connection returns to its node's pool only after a request completed cleanly; one whose
 //! request failed, timed out or was cancelled (the L2 reader drops the stripes it no longer
-//! needs) is closed, since its stream may hold half an answer.
+//! needs) is closed, since its stream may hold half an answer. An I/O error (refused, reset)
+//! also drops the node's idle connections; a timeout or a malformed answer does not.
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -202,7 +203,8 @@ impl Node {
         }
     }
 
-    /// Drops every idle connection (after the node failed, they are likely dead too).
+    /// Drops every idle connection (after a connection to the node broke, the others likely
+    /// are broken too). Requests do this themselves on an I/O error.
     pub fn forget_idle(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
@@ -278,6 +280,10 @@ impl Node {
             }
         };
         match tokio::time::timeout(timeout, exchange).await {
+            Ok(Err(e @ McError::Io(_))) => {
+                self.forget_idle();
+                Err(e)
+            }
             Ok(result) => result,
             Err(_) => Err(McError::Timeout(timeout)),
         }

@@ -27,7 +27,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
-use super::memcache::{McError, Node};
+use super::memcache::Node;
 use super::placement::Placement;
 use super::stripe::{decode_frame, shard_len, Codec, HEADER_LEN};
 use crate::error::CacheError;
@@ -245,9 +245,6 @@ impl L2Tier {
                 Ok(None) => bump(&self.stats.stripes_missing),
                 Err(e) => {
                     bump(&self.stats.stripes_failed);
-                    if matches!(e, McError::Io(_)) {
-                        node.forget_idle();
-                    }
                     debug!(
                         node = node.addr(),
                         stripe = index,
@@ -358,9 +355,6 @@ impl L2Tier {
                 Ok(()) => stored += 1,
                 Err(e) => {
                     bump(&self.stats.fill_stripe_errors);
-                    if matches!(e, McError::Io(_)) {
-                        node.forget_idle();
-                    }
                     last_error = Some(format!("{}: {e}", node.addr()));
                 }
             }
