@@ -12,13 +12,14 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lazyblock");
+mod common;
+use common::{Out, BIN};
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const CHUNK: u64 = 512 * KIB;
@@ -26,77 +27,6 @@ const CHUNK: u64 = 512 * KIB;
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// What one run of the binary did.
-struct Out {
-    args: Vec<String>,
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn describe(&self) -> String {
-        format!(
-            "lazyblock {:?}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.args, self.status, self.stdout, self.stderr
-        )
-    }
-
-    /// Asserts success; returns self for chaining.
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert!(
-            self.status.success(),
-            "expected success\n{}",
-            self.describe()
-        );
-        self
-    }
-
-    /// Asserts the error contract (non-zero exit, one `error: ` line on stderr) and that the
-    /// line contains every needle. Returns the line.
-    #[track_caller]
-    fn fails(&self, needles: &[&str]) -> String {
-        assert!(
-            !self.status.success(),
-            "expected failure\n{}",
-            self.describe()
-        );
-        assert_eq!(
-            self.status.code(),
-            Some(1),
-            "errors exit with status 1\n{}",
-            self.describe()
-        );
-        let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "stderr must be exactly one line\n{}",
-            self.describe()
-        );
-        let line = lines[0];
-        assert!(
-            line.starts_with("error: "),
-            "stderr must start with `error: `\n{}",
-            self.describe()
-        );
-        for needle in needles {
-            assert!(
-                line.contains(needle),
-                "the error line does not mention {needle:?}\n{}",
-                self.describe()
-            );
-        }
-        line.to_owned()
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{}", self.describe()))
-    }
-}
 
 /// A private world for one test: a temporary HOME with a store and a keyring inside.
 struct World {
@@ -564,7 +494,7 @@ fn assert_rejected_with(
 ) -> String {
     let before = w.snapshot();
     let catalog_before = w.catalog_files();
-    let line = w.run_with(args, adjust).fails(needles);
+    let line = w.run_with(args, adjust).fails_with(&[1], needles);
     assert_eq!(
         w.snapshot(),
         before,
@@ -812,7 +742,7 @@ fn corrupt_chunk_is_reported_by_verify_and_fails_export() {
     assert_eq!(v.status.code(), Some(1), "{}", v.describe());
     assert!(v.stdout.contains(&victim_name), "{}", v.describe());
     assert_eq!(v.stdout.lines().count(), 1, "{}", v.describe());
-    v.fails(&["x:v1", "1 of 4"]);
+    v.fails_with(&[1], &["x:v1", "1 of 4"]);
     let vj = w.run(&["verify", "x:v1", "--json"]);
     assert_eq!(vj.status.code(), Some(1), "{}", vj.describe());
     let j = vj.json();
@@ -851,7 +781,7 @@ fn deleted_chunk_is_reported_missing() {
     assert_eq!(v.status.code(), Some(1), "{}", v.describe());
     assert!(v.stdout.contains(&victim_name), "{}", v.describe());
     assert!(v.stdout.contains("missing"), "{}", v.describe());
-    v.fails(&["1 of 3"]);
+    v.fails_with(&[1], &["1 of 3"]);
     // A truncated chunk is reported too, beside the missing one.
     let truncated = &chunks[2];
     let truncated_name = truncated
@@ -1224,7 +1154,7 @@ fn s3_round_trip_and_cross_tenant_dedup() {
     assert_eq!(listed, vec!["team/app:v2", "x:v1"]);
     // Errors through S3 keep the contract too.
     s3(&["export", "absent:v1", "-o", &out_s, "--tenant", "a"])
-        .fails(&["absent:v1", "not in the catalog"]);
+        .fails_with(&[1], &["absent:v1", "not in the catalog"]);
     // Nothing was written to the local default store.
     assert!(!w.store().exists());
 }
@@ -1368,7 +1298,7 @@ fn read_commands_do_not_create_a_mistyped_store() {
         &["inspect", "x:v1", "--store", &url],
         &["verify", "x:v1", "--store", &url],
     ] {
-        w.run(args).fails(&["does not exist"]);
+        w.run(args).fails_with(&[1], &["does not exist"]);
     }
     assert!(!typo.exists(), "a read command created the store directory");
 }
@@ -1533,12 +1463,14 @@ fn oci_source_with_a_corrupt_layer_publishes_nothing() {
     std::fs::write(&layer, bytes).expect("write");
     let source = format!("oci:{}:v1", layout.display());
     w.run(&["build", &source, "--name", "bad:v1"])
-        .fails(&["corrupt"]);
+        .fails_with(&[1], &["corrupt"]);
     // A well-formed blob with other content fails its digest check.
     let other = w.path().join("other");
     let other_layer = write_oci_layout(&other, "v1", &[("a.txt", b"other bytes")]);
     std::fs::copy(&other_layer, &layer).expect("swap the layer blob");
-    let line = w.run(&["build", &source, "--name", "bad:v1"]).fails(&[]);
+    let line = w
+        .run(&["build", &source, "--name", "bad:v1"])
+        .fails_with(&[1], &[]);
     assert!(
         line.contains("sha256") || line.contains("digest") || line.contains("size"),
         "{line}"
@@ -1546,7 +1478,7 @@ fn oci_source_with_a_corrupt_layer_publishes_nothing() {
     assert!(w.run(&["images"]).ok().stdout.is_empty());
     let missing_tag = format!("oci:{}:nope", layout.display());
     w.run(&["build", &missing_tag, "--name", "bad:v1"])
-        .fails(&["nope"]);
+        .fails_with(&[1], &["nope"]);
     w.run(&["build", "oci:/nonexistent/layout", "--name", "bad:v1"])
-        .fails(&["/nonexistent/layout"]);
+        .fails_with(&[1], &["/nonexistent/layout"]);
 }

@@ -1,4 +1,4 @@
-//! Helpers shared by the binary's end-to-end tests of the agent (`tests/agent.rs`,
+//! Helpers shared by the binary's end-to-end tests (`tests/cli.rs`, `tests/agent.rs`,
 //! `tests/corpus_mount.rs`, `tests/l2.rs`): bounded runs of tools and of `lazyblock`, a private [`World`]
 //! (temporary HOME, store, keyring, worker cache, mount state) that sweeps leftover mounts and
 //! loop devices when dropped, [`MountGuard`], [`Server`] (a running `lazyblock serve`), and the parser of the agent's summary line.
@@ -166,6 +166,13 @@ impl Out {
             );
         }
         line.to_owned()
+    }
+
+    /// Stdout parsed as JSON.
+    #[track_caller]
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{}", self.describe()))
     }
 }
 
