@@ -18,9 +18,6 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Longest key memcached accepts.
-pub const MAX_KEY_LEN: usize = 250;
-
 /// What went wrong talking to one node.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum McError {
@@ -153,11 +150,6 @@ fn parse_u64(b: &[u8]) -> Option<u64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
-/// Whether `key` is a valid memcached key: 1..=250 bytes, no whitespace or control bytes.
-pub fn valid_key(key: &str) -> bool {
-    !key.is_empty() && key.len() <= MAX_KEY_LEN && key.bytes().all(|b| b > b' ' && b != 0x7f)
-}
-
 /// One memcached node: its address and a pool of idle connections.
 #[derive(Debug)]
 pub struct Node {
@@ -205,7 +197,7 @@ impl Node {
 
     /// Drops every idle connection (after a connection to the node broke, the others likely
     /// are broken too). Requests do this themselves on an I/O error.
-    pub fn forget_idle(&self) {
+    fn forget_idle(&self) {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
@@ -363,14 +355,5 @@ mod tests {
             parse_store(b"WHAT\r\n"),
             Err(McError::Protocol(_))
         ));
-    }
-
-    #[test]
-    fn keys() {
-        assert!(valid_key("lbs1:4-5:ab:0"));
-        assert!(!valid_key(""));
-        assert!(!valid_key("a b"));
-        assert!(!valid_key(&"a".repeat(251)));
-        assert!(!valid_key("a\nb"));
     }
 }

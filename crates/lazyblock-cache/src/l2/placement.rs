@@ -84,16 +84,6 @@ impl Placement {
         Ok(Placement { nodes: out })
     }
 
-    /// Number of nodes.
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    /// Always false: a placement has at least one node.
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
     /// The name of node `index`.
     pub fn name(&self, index: usize) -> Option<&str> {
         self.nodes.get(index).map(|(_, name)| name.as_str())
