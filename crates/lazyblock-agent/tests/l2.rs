@@ -10,7 +10,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use lazyblock_agent::fetch::{ChunkFetcher, ChunkRequest, FetcherConfig, Priority};
@@ -143,11 +143,10 @@ impl Fixture {
 
     /// Waits (at most 20 s) until no AZ fill is in flight.
     async fn drain_fills(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.l2.stats().fill_backlog.load(Ordering::Relaxed) != 0 {
-            assert!(Instant::now() < deadline, "fills did not drain within 20 s");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        assert!(
+            self.l2.wait_for_fills(Duration::from_secs(20)).await,
+            "fills did not drain within 20 s"
+        );
     }
 
     /// Writes every chunk to the AZ tier directly.

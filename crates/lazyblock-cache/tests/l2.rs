@@ -259,11 +259,10 @@ fn assert_hit(got: L2Get, want: &[u8], what: &str) -> bool {
 
 /// Waits (at most 20 s) until no fill is in flight.
 async fn drain_fills(tier: &L2Tier) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while load(&tier.stats().fill_backlog) != 0 {
-        assert!(Instant::now() < deadline, "fills did not drain within 20 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(
+        tier.wait_for_fills(Duration::from_secs(20)).await,
+        "fills did not drain within 20 s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

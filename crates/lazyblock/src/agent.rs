@@ -319,16 +319,7 @@ impl Agent {
         if let Some(l2) = self.source.fetcher().l2() {
             // Background fills still in flight would be lost with the process: give them a
             // bounded moment (each stripe write is bounded by the AZ request timeout).
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while l2
-                .stats()
-                .fill_backlog
-                .load(std::sync::atomic::Ordering::Acquire)
-                > 0
-                && Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            l2.wait_for_fills(Duration::from_secs(2)).await;
             eprintln!("lazyblock: {}: {}", self.image, l2_summary(l2.stats()));
         }
     }

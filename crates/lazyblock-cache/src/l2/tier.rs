@@ -391,6 +391,23 @@ impl L2Tier {
     }
 }
 
+impl L2Tier {
+    /// Waits until no fill is in flight, or `limit` passed; returns whether they all finished.
+    /// For an agent that stops (fills still running die with the process) and for tests.
+    pub async fn wait_for_fills(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.stats.fill_backlog.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// Every `k`-subset of `0..m`, in lexicographic order.
 fn subsets(m: usize, k: usize) -> impl Iterator<Item = Vec<usize>> {
     let mut current: Option<Vec<usize>> = (k <= m).then(|| (0..k).collect());
