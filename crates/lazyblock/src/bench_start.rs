@@ -322,14 +322,7 @@ impl Bench {
             t.elapsed().as_secs_f64()
         );
         if let Some(p) = &primer {
-            let get =
-                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-            eprintln!(
-                "bench start: {}: primed the AZ cache with {} chunks ({} not taken)",
-                w.key,
-                get(&p.stats.primed),
-                get(&p.stats.failed)
-            );
+            eprintln!("bench start: {}: {}", w.key, p.stats.line());
         }
         let raw = self.work.join(format!("{}.raw", w.key));
         lazyblock_image::export(&self.ctx, &image, &raw, 16, Arc::new(NoProgress)).await?;

@@ -115,10 +115,26 @@ pub(crate) fn open(config: L2Config) -> Result<Arc<L2Tier>> {
 #[derive(Debug, Default)]
 pub(crate) struct PrimeStats {
     /// Chunks whose stripes were stored (at least `k` of `n`).
-    pub(crate) primed: AtomicU64,
+    primed: AtomicU64,
     /// Chunks the tier did not take.
-    pub(crate) failed: AtomicU64,
+    failed: AtomicU64,
     warned: AtomicBool,
+}
+
+impl PrimeStats {
+    /// Chunks the tier did not take.
+    pub(crate) fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// `primed the AZ cache with N chunks (M not taken)`.
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "primed the AZ cache with {} chunks ({} not taken)",
+            self.primed.load(Ordering::Relaxed),
+            self.failed()
+        )
+    }
 }
 
 /// A build's [`ChunkSink`] that writes every stored chunk's stripes to the AZ tier. A chunk the

@@ -495,11 +495,8 @@ async fn cmd_build(r: &Resolved, args: &BuildArgs) -> Result<()> {
         mbps
     );
     if let Some(p) = primer {
-        let failed = p.stats.failed.load(std::sync::atomic::Ordering::Relaxed);
-        eprintln!(
-            "primed the AZ cache with {} chunks ({failed} not taken)",
-            p.stats.primed.load(std::sync::atomic::Ordering::Relaxed)
-        );
+        eprintln!("{}", p.stats.line());
+        let failed = p.stats.failed();
         if failed > 0 {
             tracing::warn!("the AZ cache did not take {failed} chunks: the image is built and published, and its cold starts read those chunks from the origin");
         }
