@@ -8,7 +8,8 @@
 //! - the manifest codec ([`Manifest`], [`encode_manifest`]): a keyless chunk table plus a key table
 //!   sealed with AES-256-GCM under a per-manifest data key wrapped by the tenant key,
 //! - the catalog entry codec ([`CatalogEntry`]),
-//! - the start-up profile codec ([`Profile`]): first-read order of an image's chunks.
+//! - the start-up profile codec ([`Profile`]): first-read order of an image's chunks,
+//! - the GC records ([`RootState`], [`HaltRecord`]): a root's lifecycle and the deletion halt.
 //!
 //! It does no I/O, reads no clock and draws no randomness: times and random bytes are passed in,
 //! so every encoding is reproducible in tests.
@@ -20,6 +21,7 @@ mod geometry;
 mod ids;
 mod manifest;
 mod profile;
+mod root_state;
 
 pub use catalog::CatalogEntry;
 pub use crypto::{
@@ -34,6 +36,7 @@ pub use manifest::{
     MANIFEST_MAGIC, MANIFEST_VERSION, MAX_IMAGE_CONFIG_LEN, MAX_SOURCE_LEN,
 };
 pub use profile::{fuzz_profile_decode, Profile, MAX_PROFILE_CHUNKS};
+pub use root_state::{fuzz_root_state_decode, HaltRecord, Lifecycle, RootState};
 
 /// Result alias of this crate.
 pub type Result<T, E = FormatError> = std::result::Result<T, E>;
