@@ -18,8 +18,8 @@ use lazyblock_image::{
 };
 use lazyblock_keys::LocalKeyring;
 use lazyblock_store::{
-    ChunkStore, ObjectChunkStore, PutOutcome, StoreConfig, StoreError, StoreErrorKind,
-    StoreLocation,
+    ChunkStore, MetaKey, ObjectChunkStore, PutOutcome, StoreConfig, StoreError, StoreErrorKind,
+    StoreLocation, WriteMode,
 };
 use rand::{RngCore, SeedableRng};
 
@@ -114,7 +114,10 @@ impl ChunkStore for FaultyStore {
     async fn delete_chunk(&self, root: &RootId, name: &ChunkName) -> lazyblock_store::Result<()> {
         self.inner.delete_chunk(root, name).await
     }
-    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, lazyblock_store::Result<ChunkName>> {
+    fn list_chunks(
+        &self,
+        root: &RootId,
+    ) -> BoxStream<'_, lazyblock_store::Result<(ChunkName, u64)>> {
         self.inner.list_chunks(root)
     }
     async fn put_manifest(
@@ -174,6 +177,38 @@ impl ChunkStore for FaultyStore {
     }
     async fn list_catalog(&self, tenant: &TenantId) -> lazyblock_store::Result<Vec<ImageRef>> {
         self.inner.list_catalog(tenant).await
+    }
+    async fn list_manifests(
+        &self,
+        root: &RootId,
+    ) -> lazyblock_store::Result<Vec<(ManifestId, u64)>> {
+        self.inner.list_manifests(root).await
+    }
+    async fn delete_manifest(&self, root: &RootId, id: &ManifestId) -> lazyblock_store::Result<()> {
+        self.inner.delete_manifest(root, id).await
+    }
+    async fn list_tenants(&self) -> lazyblock_store::Result<Vec<TenantId>> {
+        self.inner.list_tenants().await
+    }
+    async fn list_roots(&self) -> lazyblock_store::Result<Vec<RootId>> {
+        self.inner.list_roots().await
+    }
+    async fn put_meta(
+        &self,
+        key: &MetaKey,
+        data: Bytes,
+        mode: WriteMode,
+    ) -> lazyblock_store::Result<PutOutcome> {
+        self.inner.put_meta(key, data, mode).await
+    }
+    async fn get_meta(&self, key: &MetaKey) -> lazyblock_store::Result<Bytes> {
+        self.inner.get_meta(key).await
+    }
+    async fn delete_meta(&self, key: &MetaKey) -> lazyblock_store::Result<()> {
+        self.inner.delete_meta(key).await
+    }
+    async fn list_halts(&self) -> lazyblock_store::Result<Vec<RootId>> {
+        self.inner.list_halts().await
     }
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use lazyblock_format::{ChunkName, ImageRef, ManifestId, RootId, TenantId};
 
-use crate::{ChunkStore, PutOutcome, Result};
+use crate::{ChunkStore, MetaKey, PutOutcome, Result, WriteMode};
 
 /// Wraps a store and sleeps `delay` before every GET (chunks, manifests, profiles, catalog).
 #[derive(Debug)]
@@ -56,7 +56,7 @@ impl ChunkStore for DelayedStore {
     async fn delete_chunk(&self, root: &RootId, name: &ChunkName) -> Result<()> {
         self.inner.delete_chunk(root, name).await
     }
-    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, Result<ChunkName>> {
+    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, Result<(ChunkName, u64)>> {
         self.inner.list_chunks(root)
     }
     async fn put_manifest(
@@ -90,6 +90,30 @@ impl ChunkStore for DelayedStore {
     }
     async fn list_catalog(&self, tenant: &TenantId) -> Result<Vec<ImageRef>> {
         self.inner.list_catalog(tenant).await
+    }
+    async fn list_manifests(&self, root: &RootId) -> Result<Vec<(ManifestId, u64)>> {
+        self.inner.list_manifests(root).await
+    }
+    async fn delete_manifest(&self, root: &RootId, id: &ManifestId) -> Result<()> {
+        self.inner.delete_manifest(root, id).await
+    }
+    async fn list_tenants(&self) -> Result<Vec<TenantId>> {
+        self.inner.list_tenants().await
+    }
+    async fn list_roots(&self) -> Result<Vec<RootId>> {
+        self.inner.list_roots().await
+    }
+    async fn put_meta(&self, key: &MetaKey, data: Bytes, mode: WriteMode) -> Result<PutOutcome> {
+        self.inner.put_meta(key, data, mode).await
+    }
+    async fn get_meta(&self, key: &MetaKey) -> Result<Bytes> {
+        self.inner.get_meta(key).await
+    }
+    async fn delete_meta(&self, key: &MetaKey) -> Result<()> {
+        self.inner.delete_meta(key).await
+    }
+    async fn list_halts(&self) -> Result<Vec<RootId>> {
+        self.inner.list_halts().await
     }
 }
 

@@ -4,7 +4,9 @@
 //! roots/<root>/chunks/<chunk name, 64 hex>
 //! roots/<root>/manifests/<manifest id, 64 hex>
 //! roots/<root>/profiles/<manifest id, 64 hex>
+//! roots/<root>/state
 //! catalog/<tenant>/<image name>:<tag>
+//! gc/halts/<root>
 //! ```
 
 use lazyblock_format::{ChunkName, ImageRef, ManifestId, RootId, TenantId};
@@ -46,6 +48,30 @@ impl Layout {
     /// The key of the start-up profile of a manifest.
     pub fn profile(&self, root: &RootId, id: &ManifestId) -> String {
         self.join(format!("roots/{root}/profiles/{id}"))
+    }
+    /// The directory-like prefix of a root's manifests.
+    pub fn manifests_dir(&self, root: &RootId) -> String {
+        self.join(format!("roots/{root}/manifests"))
+    }
+    /// The prefix under which every root lives.
+    pub fn roots_dir(&self) -> String {
+        self.join("roots".to_owned())
+    }
+    /// The key of a root's lifecycle record.
+    pub fn root_state(&self, root: &RootId) -> String {
+        self.join(format!("roots/{root}/state"))
+    }
+    /// The prefix of the deletion halt markers.
+    pub fn halts_dir(&self) -> String {
+        self.join("gc/halts".to_owned())
+    }
+    /// The key of the deletion halt raised by a read from `root`.
+    pub fn halt(&self, root: &RootId) -> String {
+        self.join(format!("gc/halts/{root}"))
+    }
+    /// The prefix of every tenant's catalog.
+    pub fn catalogs_dir(&self) -> String {
+        self.join("catalog".to_owned())
     }
     /// The key of a catalog entry.
     pub fn catalog(&self, tenant: &TenantId, image: &ImageRef) -> String {

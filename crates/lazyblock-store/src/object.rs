@@ -17,7 +17,7 @@ use object_store::{
 
 use crate::error::{StoreError, StoreErrorKind};
 use crate::layout::Layout;
-use crate::{ChunkStore, PutOutcome, Result};
+use crate::{ChunkStore, MetaKey, PutOutcome, Result, WriteMode};
 
 /// Where a store lives.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -231,6 +231,39 @@ impl ObjectChunkStore {
         StoreError::from_object_store(&self.url, what, e)
     }
 
+    /// Deletes an object; a missing one is not an error.
+    async fn delete_quietly(&self, key: &str, what: &str) -> Result<()> {
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(&format!("delete {what}"), e)),
+        }
+    }
+
+    /// The names one level below `dir` (object names and directory-like prefixes alike).
+    async fn children(&self, dir: &str, what: &str) -> Result<Vec<String>> {
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&Path::from(dir)))
+            .await
+            .map_err(|e| self.err(&format!("list {what}"), e))?;
+        let mut names: Vec<String> = listing
+            .common_prefixes
+            .iter()
+            .chain(listing.objects.iter().map(|m| &m.location))
+            .filter_map(|p| p.filename().map(str::to_owned))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn meta_path(&self, key: &MetaKey) -> String {
+        match key {
+            MetaKey::RootState(r) => self.layout.root_state(r),
+            MetaKey::Halt(r) => self.layout.halt(r),
+        }
+    }
+
     async fn put_if_absent(&self, key: &str, what: &str, data: Bytes) -> Result<PutOutcome> {
         let path = Path::from(key);
         // Check first: cheaper than a PUT, and correct on servers that ignore If-None-Match.
@@ -282,6 +315,8 @@ const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 const MAX_PROFILE_BYTES: u64 = 76 + 32 * lazyblock_format::MAX_PROFILE_CHUNKS as u64;
 /// The largest catalog entry.
 const MAX_CATALOG_BYTES: u64 = 64 << 10;
+/// The largest GC record.
+const MAX_META_BYTES: u64 = 64 << 10;
 
 #[async_trait]
 impl ChunkStore for ObjectChunkStore {
@@ -354,17 +389,11 @@ impl ChunkStore for ObjectChunkStore {
     }
 
     async fn delete_chunk(&self, root: &RootId, name: &ChunkName) -> Result<()> {
-        match self
-            .store
-            .delete(&Path::from(self.layout.chunk(root, name)))
+        self.delete_quietly(&self.layout.chunk(root, name), &format!("chunk {name}"))
             .await
-        {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.err(&format!("delete chunk {name}"), e)),
-        }
     }
 
-    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, Result<ChunkName>> {
+    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, Result<(ChunkName, u64)>> {
         let dir = Path::from(self.layout.chunks_dir(root));
         self.store
             .list(Some(&dir))
@@ -374,7 +403,8 @@ impl ChunkStore for ObjectChunkStore {
                 Ok(meta
                     .location
                     .filename()
-                    .and_then(|f| ChunkName::from_hex(f).ok()))
+                    .and_then(|f| ChunkName::from_hex(f).ok())
+                    .map(|name| (name, meta.size)))
             })
             .boxed()
     }
@@ -400,6 +430,36 @@ impl ChunkStore for ObjectChunkStore {
             MAX_MANIFEST_BYTES,
         )
         .await
+    }
+
+    async fn list_manifests(&self, root: &RootId) -> Result<Vec<(ManifestId, u64)>> {
+        let dir = Path::from(self.layout.manifests_dir(root));
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(&format!("list the manifests of root {root}"), e))?;
+        let mut out: Vec<(ManifestId, u64)> = metas
+            .iter()
+            .filter_map(|m| {
+                let id = ManifestId::from_hex(m.location.filename()?).ok()?;
+                Some((id, m.size))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    async fn delete_manifest(&self, root: &RootId, id: &ManifestId) -> Result<()> {
+        // The profile first: a manifest never loses its profile while it is still listed.
+        self.delete_quietly(
+            &self.layout.profile(root, id),
+            &format!("profile of manifest {id}"),
+        )
+        .await?;
+        self.delete_quietly(&self.layout.manifest(root, id), &format!("manifest {id}"))
+            .await
     }
 
     async fn put_profile(&self, root: &RootId, id: &ManifestId, data: Bytes) -> Result<()> {
@@ -457,6 +517,52 @@ impl ChunkStore for ObjectChunkStore {
             .delete(&path)
             .await
             .map_err(|e| self.err(&format!("unpublish {image}"), e))
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<TenantId>> {
+        let names = self
+            .children(&self.layout.catalogs_dir(), "the catalogs")
+            .await?;
+        Ok(names
+            .iter()
+            .filter_map(|n| TenantId::new(n).ok())
+            .filter(|t| *t != probe_tenant())
+            .collect())
+    }
+
+    async fn list_roots(&self) -> Result<Vec<RootId>> {
+        let names = self.children(&self.layout.roots_dir(), "the roots").await?;
+        Ok(names.iter().filter_map(|n| RootId::new(n).ok()).collect())
+    }
+
+    async fn put_meta(&self, key: &MetaKey, data: Bytes, mode: WriteMode) -> Result<PutOutcome> {
+        let path = self.meta_path(key);
+        match mode {
+            WriteMode::Create => self.put_if_absent(&path, &key.to_string(), data).await,
+            WriteMode::Overwrite => self
+                .store
+                .put(&Path::from(path), PutPayload::from_bytes(data))
+                .await
+                .map(|_| PutOutcome::Stored)
+                .map_err(|e| self.err(&format!("write the {key}"), e)),
+        }
+    }
+
+    async fn get_meta(&self, key: &MetaKey) -> Result<Bytes> {
+        self.get_bytes(&self.meta_path(key), &format!("the {key}"), MAX_META_BYTES)
+            .await
+    }
+
+    async fn delete_meta(&self, key: &MetaKey) -> Result<()> {
+        self.delete_quietly(&self.meta_path(key), &format!("the {key}"))
+            .await
+    }
+
+    async fn list_halts(&self) -> Result<Vec<RootId>> {
+        let names = self
+            .children(&self.layout.halts_dir(), "the deletion halts")
+            .await?;
+        Ok(names.iter().filter_map(|n| RootId::new(n).ok()).collect())
     }
 
     async fn list_catalog(&self, tenant: &TenantId) -> Result<Vec<ImageRef>> {

@@ -17,7 +17,9 @@ use object_store::{
     PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
-use crate::{ChunkStore, PutOutcome, StoreConfig, StoreErrorKind, StoreLocation};
+use crate::{
+    ChunkStore, MetaKey, PutOutcome, StoreConfig, StoreErrorKind, StoreLocation, WriteMode,
+};
 
 /// An `object_store` wrapper that turns every conditional create into a blind overwrite, as
 /// S3-compatible servers that ignore `If-None-Match: *` do (Garage, for one).
@@ -173,11 +175,12 @@ pub async fn conformance(store: &dyn ChunkStore, strict_create: bool) {
         .has_chunk(&other_root, &na)
         .await
         .expect("has other root"));
-    let mut listed: Vec<ChunkName> = store.list_chunks(&root).try_collect().await.expect("list");
+    let mut listed: Vec<(ChunkName, u64)> =
+        store.list_chunks(&root).try_collect().await.expect("list");
     listed.sort();
-    let mut expected = vec![na, nb];
+    let mut expected = vec![(na, a.len() as u64), (nb, b.len() as u64)];
     expected.sort();
-    assert_eq!(listed, expected);
+    assert_eq!(listed, expected, "names with sizes");
     store.delete_chunk(&root, &na).await.expect("delete");
     store
         .delete_chunk(&root, &na)
@@ -260,6 +263,76 @@ pub async fn conformance(store: &dyn ChunkStore, strict_create: bool) {
         );
     }
 
+    // Listing and deleting manifests (the profile goes with its manifest).
+    assert_eq!(
+        store.list_manifests(&root).await.expect("list m"),
+        vec![(id, m.len() as u64)]
+    );
+    assert!(store
+        .list_manifests(&other_root)
+        .await
+        .expect("list other")
+        .is_empty());
+    store.delete_manifest(&root, &id).await.expect("delete m");
+    store
+        .delete_manifest(&root, &id)
+        .await
+        .expect("delete missing m is fine");
+    assert!(store.list_manifests(&root).await.expect("list").is_empty());
+    for e in [
+        store.get_manifest(&root, &id).await.expect_err("m gone"),
+        store
+            .get_profile(&root, &id)
+            .await
+            .expect_err("profile gone"),
+    ] {
+        assert_eq!(e.kind(), StoreErrorKind::NotFound, "{e}");
+    }
+
+    // GC records: roots are listed once they hold anything; create-only and overwrite puts.
+    let roots = store.list_roots().await.expect("roots");
+    assert!(roots.contains(&root), "{roots:?}");
+    assert!(!roots.contains(&other_root), "{roots:?}");
+    let state = MetaKey::RootState(other_root.clone());
+    let err = store.get_meta(&state).await.expect_err("no state");
+    assert_eq!(err.kind(), StoreErrorKind::NotFound);
+    for (body, mode, outcome) in [
+        (&b"one"[..], WriteMode::Create, PutOutcome::Stored),
+        (&b"two"[..], WriteMode::Create, PutOutcome::AlreadyPresent),
+        (&b"three"[..], WriteMode::Overwrite, PutOutcome::Stored),
+    ] {
+        assert_eq!(
+            store
+                .put_meta(&state, Bytes::copy_from_slice(body), mode)
+                .await
+                .expect("put meta"),
+            outcome
+        );
+    }
+    assert_eq!(
+        store.get_meta(&state).await.expect("get meta"),
+        &b"three"[..]
+    );
+    assert!(store
+        .list_roots()
+        .await
+        .expect("roots")
+        .contains(&other_root));
+    assert!(store.list_halts().await.expect("halts").is_empty());
+    let halt = MetaKey::Halt(other_root.clone());
+    store
+        .put_meta(&halt, Bytes::from_static(b"h"), WriteMode::Overwrite)
+        .await
+        .expect("halt");
+    assert_eq!(
+        store.list_halts().await.expect("halts"),
+        vec![other_root.clone()]
+    );
+    store.delete_meta(&halt).await.expect("ack");
+    store.delete_meta(&halt).await.expect("ack again is fine");
+    assert!(store.list_halts().await.expect("halts").is_empty());
+    store.delete_meta(&state).await.expect("delete state");
+
     // Catalog: publish, overwrite, list (sorted, per tenant), delete.
     let t1 = TenantId::new("tenant-one").expect("valid");
     let t2 = TenantId::new("tenant-two").expect("valid");
@@ -318,15 +391,21 @@ pub async fn conformance(store: &dyn ChunkStore, strict_create: bool) {
         store.list_catalog(&t1).await.expect("list"),
         vec![img("web/app:v2")]
     );
+    assert_eq!(store.list_tenants().await.expect("tenants"), vec![t1, t2]);
 }
 
-/// A [`ChunkStore`] wrapper for tests of what reads the origin: it records every chunk GET (the
-/// names, in order) and can fail them all on demand, like an origin that went away.
+/// A [`ChunkStore`] wrapper for tests of what reads and writes the origin: it records every
+/// chunk GET (the names, in order) and can fail them all on demand, like an origin that went
+/// away; it counts every write (put or delete) and can fail every write after the n-th, like a
+/// writer that crashed there.
 #[derive(Debug)]
 pub struct CountingStore {
     inner: Arc<dyn ChunkStore>,
     gets: std::sync::Mutex<Vec<ChunkName>>,
     failing: std::sync::atomic::AtomicBool,
+    writes: std::sync::atomic::AtomicU64,
+    /// Writes allowed before every further one fails (`u64::MAX`: no limit).
+    crash_after: std::sync::atomic::AtomicU64,
 }
 
 impl CountingStore {
@@ -336,7 +415,34 @@ impl CountingStore {
             inner,
             gets: std::sync::Mutex::new(Vec::new()),
             failing: std::sync::atomic::AtomicBool::new(false),
+            writes: std::sync::atomic::AtomicU64::new(0),
+            crash_after: std::sync::atomic::AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Lets `allowed` more writes through, then fails every further write with a retryable
+    /// "injected crash" error; `None` lifts the limit. Resets the write count.
+    pub fn crash_after_writes(&self, allowed: Option<u64>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.writes.store(0, SeqCst);
+        self.crash_after.store(allowed.unwrap_or(u64::MAX), SeqCst);
+    }
+
+    /// Writes attempted since the last [`Self::crash_after_writes`] (refused ones included).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn write_gate(&self) -> crate::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.writes.fetch_add(1, SeqCst);
+        if n >= self.crash_after.load(SeqCst) {
+            return Err(crate::StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("injected crash before write {}", n + 1),
+            ));
+        }
+        Ok(())
     }
 
     /// The names of the chunk GETs that reached the inner store, in order.
@@ -383,6 +489,7 @@ impl ChunkStore for CountingStore {
         name: &ChunkName,
         data: Bytes,
     ) -> crate::Result<PutOutcome> {
+        self.write_gate()?;
         self.inner.put_chunk(root, name, data).await
     }
     async fn get_chunk(&self, root: &RootId, name: &ChunkName) -> crate::Result<Bytes> {
@@ -402,9 +509,10 @@ impl ChunkStore for CountingStore {
         self.inner.has_chunk(root, name).await
     }
     async fn delete_chunk(&self, root: &RootId, name: &ChunkName) -> crate::Result<()> {
+        self.write_gate()?;
         self.inner.delete_chunk(root, name).await
     }
-    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, crate::Result<ChunkName>> {
+    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, crate::Result<(ChunkName, u64)>> {
         self.inner.list_chunks(root)
     }
     async fn put_manifest(
@@ -413,12 +521,14 @@ impl ChunkStore for CountingStore {
         id: &ManifestId,
         data: Bytes,
     ) -> crate::Result<PutOutcome> {
+        self.write_gate()?;
         self.inner.put_manifest(root, id, data).await
     }
     async fn get_manifest(&self, root: &RootId, id: &ManifestId) -> crate::Result<Bytes> {
         self.inner.get_manifest(root, id).await
     }
     async fn put_profile(&self, root: &RootId, id: &ManifestId, data: Bytes) -> crate::Result<()> {
+        self.write_gate()?;
         self.inner.put_profile(root, id, data).await
     }
     async fn get_profile(&self, root: &RootId, id: &ManifestId) -> crate::Result<Bytes> {
@@ -430,15 +540,49 @@ impl ChunkStore for CountingStore {
         image: &ImageRef,
         entry: Bytes,
     ) -> crate::Result<()> {
+        self.write_gate()?;
         self.inner.put_catalog(tenant, image, entry).await
     }
     async fn get_catalog(&self, tenant: &TenantId, image: &ImageRef) -> crate::Result<Bytes> {
         self.inner.get_catalog(tenant, image).await
     }
     async fn delete_catalog(&self, tenant: &TenantId, image: &ImageRef) -> crate::Result<()> {
+        self.write_gate()?;
         self.inner.delete_catalog(tenant, image).await
     }
     async fn list_catalog(&self, tenant: &TenantId) -> crate::Result<Vec<ImageRef>> {
         self.inner.list_catalog(tenant).await
+    }
+    async fn list_manifests(&self, root: &RootId) -> crate::Result<Vec<(ManifestId, u64)>> {
+        self.inner.list_manifests(root).await
+    }
+    async fn delete_manifest(&self, root: &RootId, id: &ManifestId) -> crate::Result<()> {
+        self.write_gate()?;
+        self.inner.delete_manifest(root, id).await
+    }
+    async fn list_tenants(&self) -> crate::Result<Vec<TenantId>> {
+        self.inner.list_tenants().await
+    }
+    async fn list_roots(&self) -> crate::Result<Vec<RootId>> {
+        self.inner.list_roots().await
+    }
+    async fn put_meta(
+        &self,
+        key: &MetaKey,
+        data: Bytes,
+        mode: WriteMode,
+    ) -> crate::Result<PutOutcome> {
+        self.write_gate()?;
+        self.inner.put_meta(key, data, mode).await
+    }
+    async fn get_meta(&self, key: &MetaKey) -> crate::Result<Bytes> {
+        self.inner.get_meta(key).await
+    }
+    async fn delete_meta(&self, key: &MetaKey) -> crate::Result<()> {
+        self.write_gate()?;
+        self.inner.delete_meta(key).await
+    }
+    async fn list_halts(&self) -> crate::Result<Vec<RootId>> {
+        self.inner.list_halts().await
     }
 }
