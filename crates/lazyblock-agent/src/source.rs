@@ -173,6 +173,12 @@ impl BlockSource {
         &self.fetcher
     }
 
+    /// The root the chunks are read from (the catalog entry's root; after a GC migration it
+    /// differs from the manifest header's root, which only salts the chunks).
+    pub fn root(&self) -> &RootId {
+        &self.root
+    }
+
     /// The manifest served.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest

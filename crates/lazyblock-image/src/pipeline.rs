@@ -488,18 +488,36 @@ fn open_keys(ctx: &Context, opened: &OpenedImage) -> Result<KeyTable> {
     Ok(opened.manifest.open_keys(&key)?)
 }
 
+/// Where an opened image's chunks are read from, and the salt they were sealed with. The two
+/// differ once GC has migrated the image: chunks move to the root its catalog entry names, but
+/// keep the salt of the root the manifest was built in (its header's root).
+#[derive(Clone, Debug)]
+struct ChunkPlace {
+    location: RootId,
+    sealed_in: RootId,
+}
+
+impl ChunkPlace {
+    fn of(opened: &OpenedImage) -> Self {
+        Self {
+            location: opened.entry.root.clone(),
+            sealed_in: opened.manifest.header().root.clone(),
+        }
+    }
+}
+
 /// Fetches, verifies and decrypts one chunk; then checks that the plaintext derives the key
 /// (which also proves the key table right).
 async fn fetch_plain(
     ctx: &Context,
-    root: &RootId,
+    place: &ChunkPlace,
     index: u64,
     name: ChunkName,
     key: lazyblock_format::ChunkKey,
     expected_len: usize,
 ) -> Result<Vec<u8>> {
-    let data = ctx.store.get_chunk(root, &name).await?;
-    let salt = Salt::for_root(root);
+    let data = ctx.store.get_chunk(&place.location, &name).await?;
+    let salt = Salt::for_root(&place.sealed_in);
     tokio::task::spawn_blocking(move || {
         // Takes the buffer over without a copy when the store handed us the only reference.
         let mut buf = Vec::<u8>::from(data);
@@ -576,7 +594,7 @@ pub async fn export(
     };
     file.set_len(geometry.image_size()).map_err(io_err)?;
     let file = Arc::new(file);
-    let root = opened.entry.root.clone();
+    let place = ChunkPlace::of(&opened);
     let data: Vec<(u64, ChunkName)> = opened.manifest.data_chunks().collect();
     let fetched = data.len() as u64;
     let zero = opened.manifest.chunk_count() - fetched;
@@ -589,14 +607,14 @@ pub async fn export(
         .map(|(index, name)| {
             let key = keys.key(index).cloned();
             let file = file.clone();
-            let root = root.clone();
+            let place = place.clone();
             let progress = progress.clone();
             async move {
                 let key = key.ok_or_else(|| {
                     ImageError::new(ImageErrorKind::Corrupt, format!("no key for chunk {index}"))
                 })?;
                 let len = geometry.chunk_len(index);
-                let plain = fetch_plain(ctx, &root, index, name, key, len).await?;
+                let plain = fetch_plain(ctx, &place, index, name, key, len).await?;
                 let offset = geometry.chunk_range(index).start;
                 tokio::task::spawn_blocking(move || file.write_all_at(&plain, offset))
                     .await
@@ -687,11 +705,11 @@ pub async fn verify(
     for (index, name) in opened.manifest.data_chunks() {
         by_name.entry(name).or_default().push(index);
     }
-    let root = opened.entry.root.clone();
+    let place = ChunkPlace::of(&opened);
     let checked = by_name.len() as u64;
     let results: Vec<Option<BadChunk>> = stream::iter(by_name)
         .map(|(name, indexes)| {
-            let root = root.clone();
+            let place = place.clone();
             let key = keys.key(indexes[0]).cloned();
             let progress = progress.clone();
             async move {
@@ -699,7 +717,7 @@ pub async fn verify(
                 let len = geometry.chunk_len(index);
                 let outcome = match key {
                     None => Err(ImageError::new(ImageErrorKind::Corrupt, "no key")),
-                    Some(key) => fetch_plain(ctx, &root, index, name, key, len)
+                    Some(key) => fetch_plain(ctx, &place, index, name, key, len)
                         .await
                         .map(|_| ()),
                 };

@@ -291,7 +291,7 @@ impl Agent {
         let n = profile.chunks.len();
         self.store
             .put_profile(
-                &m.header().root,
+                self.source.root(),
                 &m.id(),
                 bytes::Bytes::from(profile.encode()),
             )

@@ -530,11 +530,7 @@ impl Bench {
             };
             self.ctx
                 .store
-                .put_profile(
-                    &m.header().root,
-                    &m.id(),
-                    bytes::Bytes::from(profile.encode()),
-                )
+                .put_profile(source.root(), &m.id(), bytes::Bytes::from(profile.encode()))
                 .await?;
         }
         let m = source.metrics();
