@@ -1,0 +1,294 @@
+//! The expiry alarm: a [`ChunkStore`] wrapper every reader goes through.
+//!
+//! An expired root holds nothing the catalog names, so nobody should read it. A read that does
+//! (an agent still serving an image opened before the migration, a build that published late)
+//! still succeeds, but it is the sign that deleting the root would break someone: the wrapper
+//! logs an error, counts it, and writes the durable halt marker `gc/halts/<root>`, which stops
+//! every deletion until an operator runs `lazyblock gc resume --ack <root>`.
+//!
+//! The wrapper learns a root's state from its record, cached for a configurable time (one GET
+//! per root per interval), so a read at most that long after the root expired raises the alarm.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use lazyblock_format::{
+    ChunkName, HaltRecord, ImageRef, Lifecycle, ManifestId, RootId, RootState, TenantId,
+};
+use lazyblock_store::{ChunkStore, MetaKey, PutOutcome, Result, WriteMode};
+use tracing::{debug, error};
+
+use crate::clock::Clock;
+
+/// The alarm's counters, for metrics.
+#[derive(Debug, Default)]
+pub struct AlarmStats {
+    /// Reads from expired (or deleted) roots, by root.
+    reads: Mutex<HashMap<RootId, u64>>,
+    /// Halt markers written.
+    halts_raised: AtomicU64,
+}
+
+impl AlarmStats {
+    /// Reads from expired roots so far, by root, sorted.
+    pub fn expired_reads(&self) -> Vec<(RootId, u64)> {
+        let mut v: Vec<_> = self
+            .reads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(r, n)| (r.clone(), *n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Halt markers this process wrote.
+    pub fn halts_raised(&self) -> u64 {
+        self.halts_raised.load(Ordering::Relaxed)
+    }
+
+    /// The counters in the Prometheus text format (docs/format.md §11).
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP lazyblock_expired_root_reads_total Reads from expired GC roots (each one halts deletion).\n");
+        out.push_str("# TYPE lazyblock_expired_root_reads_total counter\n");
+        for (root, n) in self.expired_reads() {
+            let _ = writeln!(
+                out,
+                "lazyblock_expired_root_reads_total{{root=\"{root}\"}} {n}"
+            );
+        }
+        out.push_str(
+            "# HELP lazyblock_gc_halts_raised_total Deletion halt markers written by this process.\n",
+        );
+        out.push_str("# TYPE lazyblock_gc_halts_raised_total counter\n");
+        let _ = writeln!(
+            out,
+            "lazyblock_gc_halts_raised_total {}",
+            self.halts_raised()
+        );
+        out
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    /// When the state was read.
+    at: u64,
+    /// Whether the root is expired or deleted.
+    expired: bool,
+    /// When this process last wrote the halt marker for the root.
+    raised: Option<u64>,
+}
+
+/// A [`ChunkStore`] that raises the expiry alarm on reads from expired roots (see the module
+/// docs). Writes and listings pass through untouched.
+#[derive(Debug)]
+pub struct ExpiryAlarm {
+    inner: Arc<dyn ChunkStore>,
+    clock: Arc<dyn Clock>,
+    /// How long a root's state is trusted, in seconds (0: read it on every read).
+    ttl: u64,
+    /// Who is reading, for the halt record (host and process).
+    reader: String,
+    seen: Mutex<HashMap<RootId, Seen>>,
+    stats: Arc<AlarmStats>,
+}
+
+impl ExpiryAlarm {
+    /// Wraps `inner`; `reader` names this process in halt records.
+    pub fn new(
+        inner: Arc<dyn ChunkStore>,
+        clock: Arc<dyn Clock>,
+        ttl_secs: u64,
+        reader: String,
+    ) -> Self {
+        Self {
+            inner,
+            clock,
+            ttl: ttl_secs,
+            reader,
+            seen: Mutex::new(HashMap::new()),
+            stats: Arc::new(AlarmStats::default()),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<AlarmStats> {
+        &self.stats
+    }
+
+    fn cached(&self, root: &RootId, now: u64) -> Option<Seen> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(root)
+            .copied()
+            .filter(|s| self.ttl > 0 && now.saturating_sub(s.at) < self.ttl)
+    }
+
+    /// Checks `root` before a read of `what`, raising the alarm if it is expired. Never fails
+    /// the read: a state that cannot be read is logged and the read goes on.
+    async fn check(&self, root: &RootId, what: &str) {
+        let now = self.clock.now_unix_secs();
+        let seen = match self.cached(root, now) {
+            Some(s) => s,
+            None => {
+                let expired = match self.inner.get_meta(&MetaKey::RootState(root.clone())).await {
+                    Ok(raw) => RootState::decode(&raw)
+                        .map(|s| s.state >= Lifecycle::Expired)
+                        .unwrap_or(false),
+                    Err(e) => {
+                        debug!(root = %root, error = %e, "root state unreadable: no expiry check");
+                        false
+                    }
+                };
+                let mut map = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = map.entry(root.clone()).or_insert(Seen {
+                    at: now,
+                    expired,
+                    raised: None,
+                });
+                entry.at = now;
+                entry.expired = expired;
+                *entry
+            }
+        };
+        if !seen.expired {
+            return;
+        }
+        {
+            let mut reads = self.stats.reads.lock().unwrap_or_else(|e| e.into_inner());
+            *reads.entry(root.clone()).or_default() += 1;
+        }
+        error!(
+            root = %root,
+            object = what,
+            "ALARM: read from expired root {root}: deletion is halted until `lazyblock gc resume --ack {root}`"
+        );
+        let due = seen
+            .raised
+            .is_none_or(|r| self.ttl == 0 || now.saturating_sub(r) >= self.ttl);
+        if due {
+            self.raise(root, what, now).await;
+        }
+    }
+
+    async fn raise(&self, root: &RootId, what: &str, now: u64) {
+        let record = HaltRecord {
+            root: root.clone(),
+            raised: now,
+            reason: format!("read of {what} by {}", self.reader),
+        };
+        let put = self
+            .inner
+            .put_meta(
+                &MetaKey::Halt(root.clone()),
+                Bytes::from(record.encode()),
+                WriteMode::Create,
+            )
+            .await;
+        let synced = match put {
+            Ok(_) => self.inner.sync().await,
+            Err(e) => Err(e),
+        };
+        match synced {
+            Ok(()) => {
+                self.stats.halts_raised.fetch_add(1, Ordering::Relaxed);
+                let mut map = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(s) = map.get_mut(root) {
+                    s.raised = Some(now);
+                }
+            }
+            Err(e) => error!(root = %root, error = %e, "cannot write the deletion halt marker"),
+        }
+    }
+}
+
+#[async_trait]
+impl ChunkStore for ExpiryAlarm {
+    fn url(&self) -> &str {
+        self.inner.url()
+    }
+    async fn check(&self) -> Result<()> {
+        self.inner.check().await
+    }
+    async fn sync(&self) -> Result<()> {
+        self.inner.sync().await
+    }
+    async fn put_chunk(&self, root: &RootId, name: &ChunkName, data: Bytes) -> Result<PutOutcome> {
+        self.inner.put_chunk(root, name, data).await
+    }
+    async fn get_chunk(&self, root: &RootId, name: &ChunkName) -> Result<Bytes> {
+        self.check(root, &format!("chunk {name}")).await;
+        self.inner.get_chunk(root, name).await
+    }
+    async fn has_chunk(&self, root: &RootId, name: &ChunkName) -> Result<bool> {
+        self.inner.has_chunk(root, name).await
+    }
+    async fn delete_chunk(&self, root: &RootId, name: &ChunkName) -> Result<()> {
+        self.inner.delete_chunk(root, name).await
+    }
+    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, Result<(ChunkName, u64)>> {
+        self.inner.list_chunks(root)
+    }
+    async fn put_manifest(
+        &self,
+        root: &RootId,
+        id: &ManifestId,
+        data: Bytes,
+    ) -> Result<PutOutcome> {
+        self.inner.put_manifest(root, id, data).await
+    }
+    async fn get_manifest(&self, root: &RootId, id: &ManifestId) -> Result<Bytes> {
+        self.check(root, &format!("manifest {id}")).await;
+        self.inner.get_manifest(root, id).await
+    }
+    async fn list_manifests(&self, root: &RootId) -> Result<Vec<(ManifestId, u64)>> {
+        self.inner.list_manifests(root).await
+    }
+    async fn delete_manifest(&self, root: &RootId, id: &ManifestId) -> Result<()> {
+        self.inner.delete_manifest(root, id).await
+    }
+    async fn put_profile(&self, root: &RootId, id: &ManifestId, data: Bytes) -> Result<()> {
+        self.inner.put_profile(root, id, data).await
+    }
+    async fn get_profile(&self, root: &RootId, id: &ManifestId) -> Result<Bytes> {
+        self.check(root, &format!("profile of manifest {id}")).await;
+        self.inner.get_profile(root, id).await
+    }
+    async fn put_catalog(&self, tenant: &TenantId, image: &ImageRef, entry: Bytes) -> Result<()> {
+        self.inner.put_catalog(tenant, image, entry).await
+    }
+    async fn get_catalog(&self, tenant: &TenantId, image: &ImageRef) -> Result<Bytes> {
+        self.inner.get_catalog(tenant, image).await
+    }
+    async fn delete_catalog(&self, tenant: &TenantId, image: &ImageRef) -> Result<()> {
+        self.inner.delete_catalog(tenant, image).await
+    }
+    async fn list_catalog(&self, tenant: &TenantId) -> Result<Vec<ImageRef>> {
+        self.inner.list_catalog(tenant).await
+    }
+    async fn list_tenants(&self) -> Result<Vec<TenantId>> {
+        self.inner.list_tenants().await
+    }
+    async fn list_roots(&self) -> Result<Vec<RootId>> {
+        self.inner.list_roots().await
+    }
+    async fn put_meta(&self, key: &MetaKey, data: Bytes, mode: WriteMode) -> Result<PutOutcome> {
+        self.inner.put_meta(key, data, mode).await
+    }
+    async fn get_meta(&self, key: &MetaKey) -> Result<Bytes> {
+        self.inner.get_meta(key).await
+    }
+    async fn delete_meta(&self, key: &MetaKey) -> Result<()> {
+        self.inner.delete_meta(key).await
+    }
+    async fn list_halts(&self) -> Result<Vec<RootId>> {
+        self.inner.list_halts().await
+    }
+}
