@@ -562,12 +562,25 @@ impl Collector {
         if halts.is_empty() {
             return Ok(());
         }
-        let list: Vec<String> = halts.iter().map(ToString::to_string).collect();
+        let now = self.now();
+        let list: Vec<String> = self
+            .halts()
+            .await?
+            .iter()
+            .map(|h| {
+                format!(
+                    "root {} ({}s ago: {})",
+                    h.root,
+                    now.saturating_sub(h.raised),
+                    h.reason
+                )
+            })
+            .collect();
         Err(GcError::new(
             GcErrorKind::Halted,
             format!(
-                "deletion is halted: expired root(s) {} were read; check the readers, then run `lazyblock gc resume --ack <root>`",
-                list.join(", ")
+                "deletion is halted by a read from an expired root: {}; check the readers, then run `lazyblock gc resume --ack <root>`",
+                list.join("; ")
             ),
         ))
     }

@@ -85,7 +85,7 @@ pub(crate) struct AgentArgs {
     pub(crate) origin_latency: Option<Duration>,
 }
 
-/// Parses `250ms`, `3s`, `2m`, `1h` or a number of seconds.
+/// Parses `250ms`, `3s`, `2m`, `1h`, `2d` or a number of seconds.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -96,11 +96,12 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
         _ => {
             return Err(format!(
-                "invalid duration unit in {text:?}: use ms, s, m or h"
+                "invalid duration unit in {text:?}: use ms, s, m, h or d"
             ))
         }
     })
@@ -119,13 +120,15 @@ pub(crate) struct Agent {
     profile_saved: std::sync::atomic::AtomicBool,
     /// The cold-start slot, held until the start-up phase ends.
     start_slot: std::sync::Mutex<Option<StartSlot>>,
+    /// Reads from expired GC roots (for metrics).
+    alarm: Arc<lazyblock_gc::AlarmStats>,
 }
 
 impl Agent {
     /// Opens the image and sets up cache, overlay and profile replay.
     pub(crate) async fn start(r: &Resolved, image: &str, a: &AgentArgs) -> Result<Arc<Self>> {
         let image = ImageRef::parse(image)?;
-        let mut ctx = context(r, false)?;
+        let (mut ctx, alarm) = context(r, false)?;
         if let Some(delay) = a.origin_latency {
             ctx.store = Arc::new(lazyblock_store::DelayedStore::new(ctx.store, delay));
         }
@@ -220,6 +223,7 @@ impl Agent {
                 .then(|| (Instant::now(), a.profile_idle, a.profile_limit)),
             profile_saved: std::sync::atomic::AtomicBool::new(false),
             start_slot: std::sync::Mutex::new(start_slot),
+            alarm,
         });
         // The start-up phase: it ends once the guest has read nothing new for --profile-idle,
         // or after --profile-limit. Then the profile is saved and the cold-start slot freed.
@@ -263,6 +267,7 @@ impl Agent {
                 Arc::clone(agent.source.metrics()),
                 agent.image.to_string(),
                 agent.source.fetcher().l2().cloned(),
+                Arc::clone(&agent.alarm),
             )
             .await?;
         }
@@ -405,6 +410,7 @@ async fn spawn_metrics(
     metrics: Arc<DeviceMetrics>,
     device: String,
     l2: Option<Arc<lazyblock_cache::L2Tier>>,
+    alarm: Arc<lazyblock_gc::AlarmStats>,
 ) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -418,6 +424,7 @@ async fn spawn_metrics(
             let metrics = Arc::clone(&metrics);
             let device = device.clone();
             let l2 = l2.clone();
+            let alarm = Arc::clone(&alarm);
             tokio::spawn(async move {
                 // Read the request head (it may arrive in pieces), at most 8 KiB, for 5 s.
                 let mut buf = Vec::with_capacity(1024);
@@ -437,6 +444,7 @@ async fn spawn_metrics(
                     if let Some(l2) = &l2 {
                         body.push_str(&render_l2_prometheus(l2.stats()));
                     }
+                    body.push_str(&alarm.render_prometheus());
                     ("200 OK", body)
                 } else {
                     ("404 Not Found", "try /metrics\n".to_owned())

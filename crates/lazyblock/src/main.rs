@@ -6,6 +6,7 @@
 
 mod agent;
 mod bench;
+mod gc;
 mod l2;
 mod settings;
 
@@ -63,6 +64,18 @@ struct GlobalArgs {
     verbose: u8,
     #[command(flatten)]
     l2: l2::L2Args,
+    /// Root group new builds write into: its newest active root (docs/gc.md) [default: default]
+    #[arg(
+        long,
+        global = true,
+        env = "LAZYBLOCK_ROOT_GROUP",
+        help_heading = "Garbage collection"
+    )]
+    root_group: Option<String>,
+    /// How long a reader trusts a root's state before reading it again; a read from an expired
+    /// root raises the alarm at most this late [default: 30s]
+    #[arg(long, global = true, env = "LAZYBLOCK_ROOT_CHECK_INTERVAL", value_parser = agent::parse_duration, help_heading = "Garbage collection")]
+    root_check_interval: Option<std::time::Duration>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,8 +88,15 @@ enum Command {
     Export(ExportArgs),
     /// Fetch and check every chunk of a published image; exit 1 and list the bad ones if any
     Verify(VerifyArgs),
-    /// List the tenant's catalog
+    /// List the tenant's catalog (the published images: what garbage collection keeps)
     Images(ImagesArgs),
+    /// Unpublish an image from the tenant's catalog; its data is reclaimed by `gc`
+    Rm(gc::RmArgs),
+    /// List the GC roots: state, manifests, chunks, bytes stored and bytes live
+    Roots(gc::RootsArgs),
+    /// Garbage collection of whole roots: rotate, migrate, expire, delete (docs/gc.md)
+    #[command(subcommand)]
+    Gc(gc::GcCommand),
     /// Serve a published image on demand as an NBD block device (foreground, until SIGINT/SIGTERM)
     Serve(agent::ServeArgs),
     /// Serve a published image through FUSE and loop-mount its ext4 filesystem at a directory
@@ -168,6 +188,12 @@ pub(crate) struct Resolved {
     pub(crate) fetch_concurrency: usize,
     /// The AZ cache tier, if configured.
     pub(crate) l2: Option<lazyblock_cache::L2Config>,
+    /// The root group builds write into.
+    pub(crate) root_group: RootId,
+    /// GC ages.
+    pub(crate) gc: gc::GcDefaults,
+    /// How long a reader trusts a root's state, in seconds.
+    pub(crate) root_check_interval: u64,
 }
 
 fn resolve(global: &GlobalArgs) -> Result<Resolved> {
@@ -191,7 +217,26 @@ fn resolve(global: &GlobalArgs) -> Result<Resolved> {
     let chunk_size = ChunkSize::new(file.chunk_size.unwrap_or(ChunkSize::DEFAULT.bytes() as u64))
         .context("config file: chunk_size")?;
     let l2 = l2::resolve(&global.l2, file.l2.as_ref())?;
+    let root_group = match global.root_group.clone().or(file.root_group) {
+        Some(g) => RootId::new(&g).context("root group")?,
+        None => lazyblock_gc::plan::default_group(),
+    };
+    let root_check_interval = match (
+        global.root_check_interval,
+        file.gc
+            .as_ref()
+            .and_then(|g| g.root_check_interval.as_deref()),
+    ) {
+        (Some(d), _) => d,
+        (None, Some(text)) => agent::parse_duration(text)
+            .map_err(anyhow::Error::msg)
+            .context("config file: [gc] root_check_interval")?,
+        (None, None) => std::time::Duration::from_secs(30),
+    };
     Ok(Resolved {
+        gc: gc::GcDefaults::resolve(file.gc.as_ref())?,
+        root_group,
+        root_check_interval: root_check_interval.as_secs(),
         l2,
         store_url,
         tenant,
@@ -211,13 +256,34 @@ pub(crate) fn open_store(url: &str, create_if_missing: bool) -> Result<Arc<dyn C
     Ok(Arc::new(ObjectChunkStore::open(&config)?))
 }
 
-fn context(r: &Resolved, writes: bool) -> Result<Context> {
-    Ok(Context {
-        store: open_store(&r.store_url, writes)?,
-        keys: Arc::new(LocalKeyring::new(&r.keys_dir)),
-        tenant: r.tenant.clone(),
-        root: RootId::initial(),
-    })
+/// The context of a command: every read goes through the expiry alarm (docs/gc.md), whose
+/// counters come back for metrics. `root` is the group's active root only for builds.
+pub(crate) fn context(
+    r: &Resolved,
+    writes: bool,
+) -> Result<(Context, Arc<lazyblock_gc::AlarmStats>)> {
+    let alarm = lazyblock_gc::ExpiryAlarm::new(
+        open_store(&r.store_url, writes)?,
+        Arc::new(lazyblock_gc::SystemClock),
+        r.root_check_interval,
+        format!(
+            "{} pid {}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "unknown host".into()),
+            std::process::id()
+        ),
+    );
+    let stats = Arc::clone(alarm.stats());
+    Ok((
+        Context {
+            store: Arc::new(alarm),
+            keys: Arc::new(LocalKeyring::new(&r.keys_dir)),
+            tenant: r.tenant.clone(),
+            root: RootId::initial(),
+        },
+        stats,
+    ))
 }
 
 pub(crate) fn now_unix_secs() -> u64 {
@@ -425,8 +491,17 @@ async fn cmd_build(r: &Resolved, args: &BuildArgs) -> Result<()> {
         Some(n) => ChunkSize::new(n)?,
         None => r.chunk_size,
     };
-    let ctx = context(r, true)?;
+    let (mut ctx, _) = context(r, true)?;
     ctx.store.check().await?;
+    // The newest active root of the build's group (created on a fresh store, adopted on a
+    // store written before GC existed).
+    ctx.root = lazyblock_gc::Collector::new(
+        Arc::clone(&ctx.store),
+        Arc::new(lazyblock_gc::SystemClock),
+        1,
+    )
+    .build_root(&r.root_group)
+    .await?;
     let source = open_source(&args.source, chunk_size, args.work_dir.clone()).await?;
     let size = source.size;
     let mut opts = BuildOptions::new(image, source.description, now_unix_secs());
@@ -506,7 +581,7 @@ async fn cmd_build(r: &Resolved, args: &BuildArgs) -> Result<()> {
 
 async fn cmd_inspect(r: &Resolved, args: &InspectArgs) -> Result<()> {
     let image = ImageRef::parse(&args.image)?;
-    let ctx = context(r, false)?;
+    let (ctx, _) = context(r, false)?;
     let info = lazyblock_image::inspect(&ctx, &image).await?;
     let h = &info.header;
     if args.json {
@@ -562,7 +637,7 @@ async fn cmd_export(r: &Resolved, args: &ExportArgs) -> Result<()> {
     if args.output.is_dir() {
         bail!("output {} is a directory", args.output.display());
     }
-    let ctx = context(r, false)?;
+    let (ctx, _) = context(r, false)?;
     let bar = Bar::new(0, "export");
     let report = lazyblock_image::export(
         &ctx,
@@ -588,7 +663,7 @@ async fn cmd_export(r: &Resolved, args: &ExportArgs) -> Result<()> {
 
 async fn cmd_verify(r: &Resolved, args: &VerifyArgs) -> Result<bool> {
     let image = ImageRef::parse(&args.image)?;
-    let ctx = context(r, false)?;
+    let (ctx, _) = context(r, false)?;
     let bar = Bar::new(0, "verify");
     let report = lazyblock_image::verify(
         &ctx,
@@ -640,7 +715,7 @@ async fn cmd_verify(r: &Resolved, args: &VerifyArgs) -> Result<bool> {
 }
 
 async fn cmd_images(r: &Resolved, args: &ImagesArgs) -> Result<()> {
-    let ctx = context(r, false)?;
+    let (ctx, _) = context(r, false)?;
     let images = lazyblock_image::list_images(&ctx).await?;
     if args.json {
         let list: Vec<_> = images
@@ -689,6 +764,9 @@ async fn run(cli: Cli) -> Result<bool> {
         Command::Export(a) => cmd_export(&r, a).await.map(|()| true),
         Command::Verify(a) => cmd_verify(&r, a).await,
         Command::Images(a) => cmd_images(&r, a).await.map(|()| true),
+        Command::Rm(a) => gc::cmd_rm(&r, a).await.map(|()| true),
+        Command::Roots(a) => gc::cmd_roots(&r, a).await.map(|()| true),
+        Command::Gc(c) => gc::cmd_gc(&r, c).await,
         Command::Serve(a) => agent::cmd_serve(&r, a).await.map(|()| true),
         Command::Mount(a) => {
             let argv: Vec<String> = std::env::args().collect();

@@ -26,6 +26,24 @@ pub(crate) struct FileConfig {
     pub(crate) fetch_concurrency: Option<usize>,
     /// The AZ cache tier.
     pub(crate) l2: Option<FileL2>,
+    /// The root group builds write into (docs/gc.md).
+    pub(crate) root_group: Option<String>,
+    /// Garbage collection.
+    pub(crate) gc: Option<FileGc>,
+}
+
+/// The `[gc]` table of the config file: durations such as `"36h"` or `"2d"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileGc {
+    /// `gc run` rotates a group whose active root is this old.
+    pub(crate) rotate_after: Option<String>,
+    /// Retired roots expire this long after their migration finished.
+    pub(crate) expire_after: Option<String>,
+    /// Expired roots are deleted this long after they expired.
+    pub(crate) delete_after: Option<String>,
+    /// How long a reader trusts a root's state before reading it again.
+    pub(crate) root_check_interval: Option<String>,
 }
 
 /// The `[l2]` table of the config file.

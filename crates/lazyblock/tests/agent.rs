@@ -19,11 +19,10 @@
 //! `nbdcopy`, `nbdinfo` (libnbd-bin), `mke2fs` (e2fsprogs), `losetup`, `mount`, `umount`,
 //! `chroot` and a static `/bin/busybox` (busybox-static).
 
-use std::io::{Read, Write as _};
-use std::net::TcpStream;
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::{Rng, RngCore, SeedableRng};
@@ -39,37 +38,6 @@ const IMAGE: &str = "demo:v1";
 const IMAGE_SIZE: u64 = 64 * MIB;
 const RANDOM_LEN: usize = 5_000_000;
 const MARKER: &str = "lazyblock agent test marker 7f3a";
-
-/// Bound for a tool that should finish quickly (a hang fails the test instead of stalling it).
-const TOOL_LIMIT: Duration = Duration::from_secs(300);
-
-// ---------------------------------------------------------------------------------------------
-// Helpers: processes
-// ---------------------------------------------------------------------------------------------
-
-fn tool(prog: &str, args: &[&str]) -> Output {
-    let mut cmd = Command::new(prog);
-    cmd.args(args);
-    run_bounded(cmd, TOOL_LIMIT)
-}
-
-/// Runs a tool, asserts success, returns its stdout.
-#[track_caller]
-fn tool_ok(prog: &str, args: &[&str]) -> String {
-    let out = tool(prog, args);
-    assert!(
-        out.status.success(),
-        "{}",
-        describe(&format!("{prog} {args:?}"), &out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A TCP port nobody listens on right now (the kernel's pick for an ephemeral bind).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: the world of one test
@@ -176,40 +144,6 @@ fn inspect(w: &World) -> Value {
 
 fn unix_arg(sock: &Path) -> String {
     format!("unix:{}", sock.display())
-}
-
-/// `qemu-io -f raw [-r] -c <cmd>... <uri>` (bounded).
-fn qemu_io(uri: &str, read_only: bool, cmds: &[String]) -> Output {
-    let mut args: Vec<&str> = vec!["-f", "raw"];
-    if read_only {
-        args.push("-r");
-    }
-    for c in cmds {
-        args.push("-c");
-        args.push(c);
-    }
-    args.push(uri);
-    tool("qemu-io", &args)
-}
-
-/// `qemu-io` that must succeed with no failed command; returns stdout.
-#[track_caller]
-fn qemu_io_ok(uri: &str, read_only: bool, cmds: &[String]) -> String {
-    let out = qemu_io(uri, read_only, cmds);
-    let text = describe(&format!("qemu-io {cmds:?} {uri}"), &out);
-    assert!(out.status.success(), "{text}");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        !stdout.contains("failed") && !stdout.contains("error"),
-        "{text}"
-    );
-    stdout
-}
-
-/// Copies the whole export with `nbdcopy` and returns its bytes.
-fn nbdcopy_all(uri: &str, out: &Path) -> Vec<u8> {
-    tool_ok("nbdcopy", &[uri, out.to_str().expect("utf-8")]);
-    std::fs::read(out).expect("read nbdcopy output")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -669,45 +603,6 @@ impl Drop for ReaderGuard {
 // ---------------------------------------------------------------------------------------------
 // 5. The metrics endpoint
 // ---------------------------------------------------------------------------------------------
-
-/// `GET <path>` over HTTP/1.0; returns (status line, headers, body).
-fn http_get(port: u16, path: &str) -> (String, String, String) {
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    http_request(port, &[request.as_bytes()])
-}
-
-/// Sends a request in the given pieces (one `write` each, a pause between them) and returns
-/// (status line, headers, body).
-fn http_request(port: u16, pieces: &[&[u8]]) -> (String, String, String) {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
-    conn.set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
-    conn.set_nodelay(true).expect("nodelay");
-    for (i, piece) in pieces.iter().enumerate() {
-        if i > 0 {
-            std::thread::sleep(Duration::from_millis(300));
-        }
-        conn.write_all(piece).expect("send request");
-    }
-    let mut raw = String::new();
-    conn.read_to_string(&mut raw).expect("read response");
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {raw:?}"));
-    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    (status.to_owned(), headers.to_owned(), body.to_owned())
-}
-
-/// The value of the sample `name{labels}` in Prometheus text.
-#[track_caller]
-fn sample(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no sample {series} in\n{body}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("sample {series}: {e}"))
-}
 
 #[test]
 fn metrics_endpoint_serves_prometheus_text() {
