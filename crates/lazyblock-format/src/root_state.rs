@@ -336,6 +336,28 @@ mod tests {
     }
 
     #[test]
+    fn pinned_bytes() {
+        let s = RootState {
+            state: Lifecycle::Retired,
+            retired: Some(10),
+            ..RootState::new_active(group(), 5)
+        };
+        assert_eq!(
+            String::from_utf8(s.encode()).expect("utf8"),
+            "lazyblock-root 1\ngroup default\nstate retired\ncreated 5\nretired 10\nmigrated -\nexpired -\ndeleted -\n"
+        );
+        let h = HaltRecord {
+            root: RootId::initial(),
+            raised: 7,
+            reason: "read of chunk x by host pid 1".into(),
+        };
+        assert_eq!(
+            String::from_utf8(h.encode()).expect("utf8"),
+            "lazyblock-halt 1\nroot r0\nraised 7\nreason read of chunk x by host pid 1\n"
+        );
+    }
+
+    #[test]
     fn halt_round_trip_keeps_one_line() {
         let h = HaltRecord {
             root: RootId::initial(),

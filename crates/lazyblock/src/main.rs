@@ -31,13 +31,17 @@ With no configuration it uses a local store under ~/.local/share/lazyblock/store
 ~/.config/lazyblock/keys and the tenant \"default\".
 
 Settings, highest precedence first: flags, environment (LAZYBLOCK_STORE, LAZYBLOCK_TENANT, \
-LAZYBLOCK_KEYS_DIR, LAZYBLOCK_CONFIG), the config file (~/.config/lazyblock/config.toml, keys: \
-store, tenant, keys_dir, chunk_size, upload_concurrency, fetch_concurrency), defaults.
+LAZYBLOCK_KEYS_DIR, LAZYBLOCK_CONFIG, LAZYBLOCK_ROOT_GROUP), the config file \
+(~/.config/lazyblock/config.toml, keys: store, tenant, keys_dir, chunk_size, upload_concurrency, \
+fetch_concurrency, root_group, [l2], [gc]), defaults.
+
+Published images (the catalog) are what garbage collection keeps: `lazyblock rm` unpublishes, \
+`lazyblock gc run` reclaims whole roots (docs/gc.md).
 S3 stores (s3://bucket/prefix) are configured the usual way: AWS_ENDPOINT_URL, \
 AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ALLOW_HTTP.";
 
 #[derive(Parser, Debug)]
-#[command(name = "lazyblock", version, about = "Build, inspect, export and verify block images in a deduplicating, encrypted chunk store", long_about = LONG_ABOUT)]
+#[command(name = "lazyblock", version, about = "Build, serve on demand and garbage-collect block images in a deduplicating, encrypted chunk store", long_about = LONG_ABOUT)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
