@@ -165,16 +165,20 @@ impl ExpiryAlarm {
             let mut reads = self.stats.reads.lock().unwrap_or_else(|e| e.into_inner());
             *reads.entry(root.clone()).or_default() += 1;
         }
-        error!(
-            root = %root,
-            object = what,
-            "ALARM: read from expired root {root}: deletion is halted until `lazyblock gc resume --ack {root}`"
-        );
+        // One error line and one marker write per root per check interval, not one per chunk:
+        // an agent reading a whole image from an expired root must not flood its log.
         let due = seen
             .raised
             .is_none_or(|r| self.ttl == 0 || now.saturating_sub(r) >= self.ttl);
         if due {
+            error!(
+                root = %root,
+                object = what,
+                "ALARM: read from expired root {root}: deletion is halted until `lazyblock gc resume --ack {root}`"
+            );
             self.raise(root, what, now).await;
+        } else {
+            debug!(root = %root, object = what, "read from expired root");
         }
     }
 
@@ -290,5 +294,100 @@ impl ChunkStore for ExpiryAlarm {
     }
     async fn list_halts(&self) -> Result<Vec<RootId>> {
         self.inner.list_halts().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use lazyblock_store::{ObjectChunkStore, StoreConfig, StoreLocation};
+
+    fn store(dir: &std::path::Path) -> Arc<dyn ChunkStore> {
+        let mut cfg = StoreConfig::new(StoreLocation::Local(dir.to_path_buf()));
+        cfg.create_if_missing = true;
+        Arc::new(ObjectChunkStore::open(&cfg).expect("open"))
+    }
+
+    async fn set_state(store: &dyn ChunkStore, root: &RootId, state: Lifecycle) {
+        let s = RootState {
+            state,
+            retired: Some(2),
+            migrated: Some(3),
+            expired: Some(4),
+            deleted: Some(5),
+            ..RootState::new_active(RootId::new("default").expect("valid"), 1)
+        };
+        store
+            .put_meta(
+                &MetaKey::RootState(root.clone()),
+                Bytes::from(s.encode()),
+                WriteMode::Overwrite,
+            )
+            .await
+            .expect("state");
+    }
+
+    #[tokio::test]
+    async fn reads_from_an_expired_root_succeed_and_raise_the_halt_once_per_interval() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let inner = store(dir.path());
+        let clock = Arc::new(ManualClock::new(1000));
+        let alarm = ExpiryAlarm::new(Arc::clone(&inner), clock.clone(), 30, "test".into());
+        let root = RootId::new("r1").expect("valid");
+        let name = ChunkName::from_bytes([9; 32]);
+        inner
+            .put_chunk(&root, &name, Bytes::from_static(b"chunk"))
+            .await
+            .expect("put");
+        set_state(inner.as_ref(), &root, Lifecycle::Retired).await;
+        assert_eq!(alarm.get_chunk(&root, &name).await.expect("read"), "chunk");
+        assert!(alarm.stats().expired_reads().is_empty());
+
+        // Expired now, but the retired state is trusted for 30 s.
+        set_state(inner.as_ref(), &root, Lifecycle::Expired).await;
+        clock.advance(29);
+        alarm.get_chunk(&root, &name).await.expect("read");
+        assert!(inner.list_halts().await.expect("halts").is_empty());
+
+        // Re-read: the read still succeeds, is counted, and writes the halt marker.
+        clock.advance(1);
+        assert_eq!(alarm.get_chunk(&root, &name).await.expect("read"), "chunk");
+        assert_eq!(alarm.stats().expired_reads(), vec![(root.clone(), 1)]);
+        assert_eq!(inner.list_halts().await.expect("halts"), vec![root.clone()]);
+        assert_eq!(alarm.stats().halts_raised(), 1);
+        let text = alarm.stats().render_prometheus();
+        assert!(
+            text.contains("lazyblock_expired_root_reads_total{root=\"r1\"} 1"),
+            "{text}"
+        );
+
+        // Acknowledged; further reads in the same interval count but write no marker…
+        inner
+            .delete_meta(&MetaKey::Halt(root.clone()))
+            .await
+            .expect("ack");
+        alarm.get_chunk(&root, &name).await.expect("read");
+        assert_eq!(alarm.stats().expired_reads(), vec![(root.clone(), 2)]);
+        assert!(inner.list_halts().await.expect("halts").is_empty());
+        // …and the next interval raises it again: the reader is still there.
+        clock.advance(30);
+        alarm
+            .get_manifest(&root, &ManifestId::from_bytes([1; 32]))
+            .await
+            .expect_err("no manifest");
+        assert_eq!(inner.list_halts().await.expect("halts"), vec![root.clone()]);
+        let halt = HaltRecord::decode(
+            &inner
+                .get_meta(&MetaKey::Halt(root.clone()))
+                .await
+                .expect("halt"),
+        )
+        .expect("decodes");
+        assert!(
+            halt.reason.contains("manifest") && halt.reason.contains("test"),
+            "{halt:?}"
+        );
+        assert_eq!(alarm.stats().halts_raised(), 2);
     }
 }

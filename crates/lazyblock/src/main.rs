@@ -497,8 +497,10 @@ async fn cmd_build(r: &Resolved, args: &BuildArgs) -> Result<()> {
     };
     let (mut ctx, _) = context(r, true)?;
     ctx.store.check().await?;
+    let source = open_source(&args.source, chunk_size, args.work_dir.clone()).await?;
     // The newest active root of the build's group (created on a fresh store, adopted on a
-    // store written before GC existed).
+    // store written before GC existed), once the source is known good: bad input changes
+    // nothing in the store.
     ctx.root = lazyblock_gc::Collector::new(
         Arc::clone(&ctx.store),
         Arc::new(lazyblock_gc::SystemClock),
@@ -506,7 +508,6 @@ async fn cmd_build(r: &Resolved, args: &BuildArgs) -> Result<()> {
     )
     .build_root(&r.root_group)
     .await?;
-    let source = open_source(&args.source, chunk_size, args.work_dir.clone()).await?;
     let size = source.size;
     let mut opts = BuildOptions::new(image, source.description, now_unix_secs());
     opts.chunk_size = chunk_size;
