@@ -9,8 +9,8 @@
 //! created <unix seconds>
 //! ```
 
-use crate::error::{FormatError, FormatErrorKind};
 use crate::ids::{ManifestId, RootId};
+use crate::lines::Lines;
 use crate::Result;
 
 /// A published image: where its manifest lives.
@@ -27,8 +27,6 @@ pub struct CatalogEntry {
 }
 
 const FIRST_LINE: &str = "lazyblock-catalog 1";
-/// Longest catalog entry accepted.
-const MAX_LEN: usize = 1024;
 
 impl CatalogEntry {
     /// Encodes the entry.
@@ -42,44 +40,19 @@ impl CatalogEntry {
 
     /// Decodes an entry, strictly.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let corrupt = |what: &str| FormatError::corrupt(format!("catalog entry: {what}"));
-        if bytes.len() > MAX_LEN {
-            return Err(corrupt("too long"));
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| corrupt("not UTF-8"))?;
-        let body = text
-            .strip_suffix('\n')
-            .ok_or_else(|| corrupt("no final newline"))?;
-        let mut lines = body.split('\n');
-        match lines.next() {
-            Some(FIRST_LINE) => {}
-            Some(l) if l.starts_with("lazyblock-catalog ") => {
-                return Err(FormatError::new(
-                    FormatErrorKind::Unsupported,
-                    format!("catalog entry version {:?} is not supported", &l[18..]),
-                ))
-            }
-            _ => return Err(corrupt("not a lazyblock catalog entry")),
-        }
-        let mut field = |key: &str| -> Result<&str> {
-            lines
-                .next()
-                .and_then(|l| l.strip_prefix(key))
-                .and_then(|l| l.strip_prefix(' '))
-                .ok_or_else(|| corrupt(&format!("missing {key:?}")))
-        };
-        let root = RootId::new(field("root")?).map_err(|e| corrupt(&e.to_string()))?;
-        let manifest =
-            ManifestId::from_hex(field("manifest")?).map_err(|e| corrupt(&e.to_string()))?;
-        let image_size = field("image-size")?
+        let mut lines = Lines::new(bytes, "catalog entry", FIRST_LINE)?;
+        let root = RootId::new(lines.field("root")?).map_err(|e| lines.corrupt(&e.to_string()))?;
+        let manifest = ManifestId::from_hex(lines.field("manifest")?)
+            .map_err(|e| lines.corrupt(&e.to_string()))?;
+        let image_size = lines
+            .field("image-size")?
             .parse()
-            .map_err(|_| corrupt("bad image-size"))?;
-        let created_unix_secs = field("created")?
+            .map_err(|_| lines.corrupt("bad image-size"))?;
+        let created_unix_secs = lines
+            .field("created")?
             .parse()
-            .map_err(|_| corrupt("bad created"))?;
-        if lines.next().is_some() {
-            return Err(corrupt("unexpected extra lines"));
-        }
+            .map_err(|_| lines.corrupt("bad created"))?;
+        lines.end()?;
         Ok(Self {
             root,
             manifest,

@@ -19,6 +19,7 @@ mod crypto;
 mod error;
 mod geometry;
 mod ids;
+mod lines;
 mod manifest;
 mod profile;
 mod root_state;

@@ -17,8 +17,8 @@
 
 use std::fmt;
 
-use crate::error::{FormatError, FormatErrorKind};
 use crate::ids::RootId;
+use crate::lines::Lines;
 use crate::Result;
 
 /// Where a root is in its life. The order is the only order a root moves in.
@@ -85,8 +85,6 @@ pub struct RootState {
 
 const ROOT_FIRST_LINE: &str = "lazyblock-root 1";
 const HALT_FIRST_LINE: &str = "lazyblock-halt 1";
-/// Longest record accepted.
-const MAX_LEN: usize = 1024;
 
 impl RootState {
     /// A new active root of `group`, created at `now`.
@@ -216,71 +214,6 @@ impl HaltRecord {
     }
 }
 
-/// A strict reader of `key value` lines after a versioned first line.
-struct Lines<'a> {
-    what: &'static str,
-    lines: std::str::Split<'a, char>,
-}
-
-impl<'a> Lines<'a> {
-    fn new(bytes: &'a [u8], what: &'static str, first: &str) -> Result<Self> {
-        let corrupt = |m: &str| FormatError::corrupt(format!("{what}: {m}"));
-        if bytes.len() > MAX_LEN {
-            return Err(corrupt("too long"));
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| corrupt("not UTF-8"))?;
-        let body = text
-            .strip_suffix('\n')
-            .ok_or_else(|| corrupt("no final newline"))?;
-        let mut lines = body.split('\n');
-        let magic = first.split(' ').next().unwrap_or(first);
-        match lines.next() {
-            Some(l) if l == first => {}
-            Some(l) if l.starts_with(magic) && l.as_bytes().get(magic.len()) == Some(&b' ') => {
-                return Err(FormatError::new(
-                    FormatErrorKind::Unsupported,
-                    format!(
-                        "{what} version {:?} is not supported",
-                        &l[magic.len() + 1..]
-                    ),
-                ))
-            }
-            _ => return Err(corrupt(&format!("not a lazyblock {what}"))),
-        }
-        Ok(Self { what, lines })
-    }
-
-    fn corrupt(&self, m: &str) -> FormatError {
-        FormatError::corrupt(format!("{}: {m}", self.what))
-    }
-
-    fn field(&mut self, key: &str) -> Result<&'a str> {
-        let what = self.what;
-        self.lines
-            .next()
-            .and_then(|l| l.strip_prefix(key))
-            .and_then(|l| l.strip_prefix(' '))
-            .ok_or_else(|| FormatError::corrupt(format!("{what}: missing {key:?}")))
-    }
-
-    fn time(&mut self, key: &str) -> Result<Option<u64>> {
-        match self.field(key)? {
-            "-" => Ok(None),
-            t => t
-                .parse()
-                .map(Some)
-                .map_err(|_| self.corrupt(&format!("bad {key} time {t:?}"))),
-        }
-    }
-
-    fn end(&mut self) -> Result<()> {
-        match self.lines.next() {
-            None => Ok(()),
-            Some(_) => Err(self.corrupt("unexpected extra lines")),
-        }
-    }
-}
-
 /// The body of the `root_state_decode` fuzz target, also run by the unit tests: decoding
 /// arbitrary bytes never panics, and what decodes re-encodes to the same bytes.
 #[doc(hidden)]
@@ -331,7 +264,7 @@ mod tests {
         let v2 = text.replace("lazyblock-root 1", "lazyblock-root 2");
         assert_eq!(
             RootState::decode(v2.as_bytes()).expect_err("v2").kind(),
-            FormatErrorKind::Unsupported
+            crate::FormatErrorKind::Unsupported
         );
     }
 
