@@ -91,6 +91,7 @@ pub(crate) enum GcCommand {
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "GC options")]
 pub(crate) struct DryRun {
     /// Print what would happen; change nothing
     #[arg(long)]
@@ -98,6 +99,7 @@ pub(crate) struct DryRun {
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "GC options")]
 pub(crate) struct RotateArgs {
     /// Group to rotate [default: the configured root group]
     #[arg(long)]
@@ -107,6 +109,7 @@ pub(crate) struct RotateArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "GC options")]
 pub(crate) struct AgeArgs {
     /// Minimum age, e.g. 90m, 36h, 2d [default: [gc] expire_after = 1d for expire, delete_after
     /// = 3d for delete]
@@ -117,6 +120,7 @@ pub(crate) struct AgeArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "GC options")]
 pub(crate) struct RunArgs {
     /// Rotate a group whose active root is at least this old [default: [gc] rotate_after = 7d]
     #[arg(long, value_parser = parse_duration)]
@@ -132,6 +136,7 @@ pub(crate) struct RunArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "GC options")]
 pub(crate) struct ResumeArgs {
     /// The root whose alarm is acknowledged
     #[arg(long, value_name = "ROOT")]

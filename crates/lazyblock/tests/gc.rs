@@ -253,3 +253,77 @@ fn an_agent_on_a_retired_root_serves_through_migration_and_raises_the_alarm_once
     assert_eq!(num(&roots(&w)["r0"], "chunks"), 0);
     exports_exactly(&w, "svc:v1", &bytes);
 }
+
+#[test]
+fn groups_have_their_own_active_roots_and_the_config_file_sets_the_ages() {
+    let w = World::new("lazyblock-gc-groups-", TOOL_LIMIT);
+    let (a, a_bytes) = random_file(&w, "a.img", 3, MIB);
+    let (g, g_bytes) = random_file(&w, "g.img", 4, MIB);
+    build(&w, &a, "app:v1");
+    w.run(&[
+        "build",
+        &format!("raw:{}", g.display()),
+        "--name",
+        "trainer:v1",
+        "--root-group",
+        "gpu",
+    ])
+    .ok();
+    let r = roots(&w);
+    assert_eq!(
+        (&r["r0"]["group"], &r["r0"]["state"]),
+        (&"default".into(), &"active".into())
+    );
+    assert_eq!(
+        (&r["r1"]["group"], &r["r1"]["state"]),
+        (&"gpu".into(), &"active".into())
+    );
+
+    // Rotating one group leaves the other's active root alone.
+    let rot = w.run(&["gc", "rotate", "--group", "gpu"]).ok();
+    assert!(
+        rot.stderr
+            .contains("group gpu: new active root r2, retired r1"),
+        "{}",
+        rot.describe()
+    );
+    let r = roots(&w);
+    assert_eq!(r["r0"]["state"], "active");
+    assert_eq!(
+        (&r["r2"]["group"], &r["r2"]["state"]),
+        (&"gpu".into(), &"active".into())
+    );
+
+    // Ages from the config file's [gc] table apply when --after is not given.
+    let config = w.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[gc]\nexpire_after = \"0s\"\ndelete_after = \"0s\"\n",
+    )
+    .expect("config");
+    let cfg = config.to_str().expect("utf-8");
+    let mig = w.run(&["--config", cfg, "gc", "migrate"]).ok();
+    assert!(
+        mig.stderr.contains("migrated r1 → r2"),
+        "{}",
+        mig.describe()
+    );
+    let exp = w.run(&["--config", cfg, "gc", "expire"]).ok();
+    assert!(exp.stderr.contains("expired r1"), "{}", exp.describe());
+    let del = w.run(&["--config", cfg, "gc", "delete"]).ok();
+    assert!(del.stderr.contains("deleted r1"), "{}", del.describe());
+    std::fs::write(&config, "[gc]\nexpire_after = \"soon\"\n").expect("config");
+    w.run(&["--config", cfg, "gc", "expire"])
+        .fails_with(&[1], &["[gc] expire_after", "invalid duration"]);
+
+    let images = w.run(&["images", "--json"]).ok().json();
+    let roots_of: Vec<&str> = images
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|i| i["root"].as_str().expect("root"))
+        .collect();
+    assert_eq!(roots_of, vec!["r0", "r2"], "{images}");
+    exports_exactly(&w, "app:v1", &a_bytes);
+    exports_exactly(&w, "trainer:v1", &g_bytes);
+}
