@@ -357,7 +357,13 @@ impl Collector {
         let mut roots = self.roots().await?;
         self.adopt(&mut roots, dry_run).await?;
         let mut report = MigrateReport::default();
-        for (source, group) in plan::migration_sources(&roots) {
+        let sources = plan::migration_sources(&roots);
+        if sources.is_empty() {
+            return Ok(report);
+        }
+        // One catalog scan before and one after, however many roots are retired.
+        let live = self.live().await?;
+        for (source, group) in sources {
             let target = match plan::build_root(&roots, &group) {
                 Some(t) => t,
                 None if dry_run => plan::next_root_id(&roots),
@@ -365,10 +371,42 @@ impl Collector {
             };
             let span = info_span!("migrate", root = %source, target = %target);
             let one = self
-                .migrate_root(&source, &target, dry_run, progress)
+                .migrate_root(&source, &target, &live, dry_run, progress)
                 .instrument(span)
                 .await?;
             report.roots.push(one);
+        }
+        if dry_run {
+            return Ok(report);
+        }
+        // Something may have been published into a retired root meanwhile (a build that picked
+        // it before the rotation): only a root with nothing live is marked migrated.
+        let live_now = Self::live_roots(&self.live().await?);
+        let now = self.now();
+        for one in &mut report.roots {
+            let Some(source) = one.root.clone() else {
+                continue;
+            };
+            if live_now.contains(&source) {
+                warn!(root = %source, "images were published into the retired root during the migration: run gc migrate again");
+                continue;
+            }
+            if let Some(s) = self.read_state(&source).await? {
+                // The expiry clock starts when the root last held something live: a re-run
+                // that found nothing to move leaves it alone.
+                if s.migrated.is_none() || one.entries_repointed > 0 {
+                    self.write_state(&source, &plan::mark_migrated(&source, &s, now)?)
+                        .await?;
+                }
+                one.done = true;
+                info!(
+                    root = %source,
+                    manifests = one.manifests,
+                    copied = one.chunks_copied,
+                    present = one.chunks_present,
+                    "migrated"
+                );
+            }
         }
         Ok(report)
     }
@@ -377,10 +415,10 @@ impl Collector {
         &self,
         source: &RootId,
         target: &RootId,
+        live: &[LiveEntry],
         dry_run: bool,
         progress: &dyn GcProgress,
     ) -> Result<MigratedRoot> {
-        let live = self.live().await?;
         let mut by_manifest: BTreeMap<ManifestId, Vec<&LiveEntry>> = BTreeMap::new();
         for e in live.iter().filter(|e| &e.entry.root == source) {
             by_manifest.entry(e.entry.manifest).or_default().push(e);
@@ -446,31 +484,7 @@ impl Collector {
             }
             self.store.sync().await?;
         }
-        if dry_run {
-            out.done = true;
-            return Ok(out);
-        }
-        // Something may have been published into the root meanwhile (a build that picked it
-        // before the rotation): only a root with nothing live is marked migrated.
-        let still_live = self.live().await?.iter().any(|e| &e.entry.root == source);
-        if still_live {
-            warn!(root = %source, "images were published into the retired root during the migration: run gc migrate again");
-        } else if let Some(s) = self.read_state(source).await? {
-            // The expiry clock starts when the root last held something live: a re-run that
-            // found nothing to move leaves it alone.
-            if s.migrated.is_none() || out.entries_repointed > 0 {
-                let next = plan::mark_migrated(source, &s, self.now())?;
-                self.write_state(source, &next).await?;
-            }
-            out.done = true;
-            info!(
-                root = %source,
-                manifests = out.manifests,
-                copied = out.chunks_copied,
-                present = out.chunks_present,
-                "migrated"
-            );
-        }
+        out.done = dry_run;
         Ok(out)
     }
 
