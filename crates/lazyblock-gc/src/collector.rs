@@ -330,22 +330,33 @@ impl Collector {
         } else {
             self.create_root(&mut roots, group).await?
         };
-        let retired = plan::retired_by_rotation(&roots, group, &created);
-        if !dry_run {
-            let now = self.now();
-            for id in &retired {
-                if let Some(s) = state_of(&roots, id) {
-                    let next = plan::retire(id, s, now)?;
-                    self.write_state(id, &next).await?;
-                    info!(root = %id, "retired");
-                }
-            }
-        }
+        let retired = self.retire_others(&roots, group, &created, dry_run).await?;
         Ok(RotateReport {
             group: Some(group.clone()),
             created: Some(created),
             retired,
         })
+    }
+
+    /// Retires the active roots of `group` other than `keep`.
+    async fn retire_others(
+        &self,
+        roots: &[RootInfo],
+        group: &RootId,
+        keep: &RootId,
+        dry_run: bool,
+    ) -> Result<Vec<RootId>> {
+        let retired = plan::retired_by_rotation(roots, group, keep);
+        if !dry_run {
+            let now = self.now();
+            for id in &retired {
+                if let Some(s) = state_of(roots, id) {
+                    self.write_state(id, &plan::retire(id, s, now)?).await?;
+                    info!(root = %id, "retired");
+                }
+            }
+        }
+        Ok(retired)
     }
 
     /// Copies every live manifest of every retired root, with every chunk it references, into
@@ -731,6 +742,17 @@ impl Collector {
         for group in plan::active_groups(&roots) {
             if plan::needs_rotation(&roots, &group, now, Some(settings.rotate_after)) {
                 report.rotated.push(self.rotate(&group, dry_run).await?);
+            } else if let Some(newest) = plan::build_root(&roots, &group) {
+                // A rotation cut short between creating the new root and retiring the old one
+                // left two active roots: finish it.
+                let retired = self.retire_others(&roots, &group, &newest, dry_run).await?;
+                if !retired.is_empty() {
+                    report.rotated.push(RotateReport {
+                        group: Some(group.clone()),
+                        created: Some(newest),
+                        retired,
+                    });
+                }
             }
         }
         report.migrated = self.migrate(dry_run, progress).await?;

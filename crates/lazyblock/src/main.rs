@@ -504,7 +504,7 @@ async fn cmd_build(r: &Resolved, args: &BuildArgs) -> Result<()> {
     ctx.root = lazyblock_gc::Collector::new(
         Arc::clone(&ctx.store),
         Arc::new(lazyblock_gc::SystemClock),
-        1,
+        16,
     )
     .build_root(&r.root_group)
     .await?;
