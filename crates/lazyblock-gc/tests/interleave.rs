@@ -443,6 +443,23 @@ impl World {
         };
         self.store.crash_after_writes(None);
         self.deleted += self.count_deleted().await - deleted_before;
+        if run && what.is_ok() {
+            // A completed cycle leaves one active root per group, also after a rotation that
+            // crashed between creating the new root and retiring the old one.
+            let active = self
+                .gc
+                .roots()
+                .await
+                .expect("roots")
+                .iter()
+                .filter(|r| {
+                    r.state
+                        .as_ref()
+                        .is_some_and(|s| s.state == Lifecycle::Active)
+                })
+                .count();
+            assert_eq!(active, 1, "active roots after a completed gc run");
+        }
         match what {
             Ok(text) => self.note(&text),
             Err(e) if e.kind() == GcErrorKind::Halted => {
@@ -679,4 +696,48 @@ async fn random_interleavings_keep_the_invariants_on_s3() {
         replay || (t.crashes > 0 && t.roots > 1 && t.deleted > 0),
         "the S3 run exercised too little: {t:?}"
     );
+}
+
+#[tokio::test]
+async fn gc_run_finishes_a_rotation_cut_short() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Arc::new(CountingStore::new(local_store(dir.path())));
+    let clock = Arc::new(ManualClock::new(1_700_000_000));
+    let gc = Collector::new(store.clone(), clock.clone(), 4);
+    let group = RootId::new(GROUP).expect("valid");
+    let r0 = gc.build_root(&group).await.expect("first root");
+    clock.advance(10);
+    // The new root's record is written, then the crash comes before r0 is retired.
+    store.crash_after_writes(Some(1));
+    let e = gc.rotate(&group, false).await.expect_err("crash");
+    assert!(e.to_string().contains("injected crash"), "{e}");
+    store.crash_after_writes(None);
+    let active = |roots: &[lazyblock_gc::RootInfo]| -> Vec<RootId> {
+        roots
+            .iter()
+            .filter(|r| {
+                r.state
+                    .as_ref()
+                    .is_some_and(|s| s.state == Lifecycle::Active)
+            })
+            .map(|r| r.id.clone())
+            .collect()
+    };
+    let r1 = RootId::new("r1").expect("valid");
+    assert_eq!(
+        active(&gc.roots().await.expect("roots")),
+        vec![r0.clone(), r1.clone()]
+    );
+    // Builds already pick the new root.
+    assert_eq!(gc.build_root(&group).await.expect("build root"), r1);
+    // A cycle with no rotation due retires the old one.
+    let settings = RunSettings {
+        rotate_after: 1_000_000,
+        expire_after: 1_000_000,
+        delete_after: 1_000_000,
+    };
+    let report = gc.run(&settings, false, &NoGcProgress).await.expect("run");
+    assert_eq!(report.rotated.len(), 1, "{report:?}");
+    assert_eq!(report.rotated[0].retired, vec![r0]);
+    assert_eq!(active(&gc.roots().await.expect("roots")), vec![r1]);
 }
