@@ -16,11 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::BoxStream;
-use lazyblock_format::{
-    ChunkName, HaltRecord, ImageRef, Lifecycle, ManifestId, RootId, RootState, TenantId,
-};
-use lazyblock_store::{ChunkStore, MetaKey, PutOutcome, Result, WriteMode};
+use lazyblock_format::{HaltRecord, Lifecycle, RootId, RootState};
+use lazyblock_store::{Access, ChunkStore, HookedStore, MetaKey, Result, StoreHook, WriteMode};
 use tracing::{debug, error};
 
 use crate::clock::Clock;
@@ -87,8 +84,9 @@ struct Seen {
     raised: Option<u64>,
 }
 
-/// A [`ChunkStore`] that raises the expiry alarm on reads from expired roots (see the module
-/// docs). Writes and listings pass through untouched.
+/// The [`StoreHook`] that raises the expiry alarm on reads from expired roots (see the module
+/// docs); [`ExpiryAlarm::wrap`] puts it in front of a store. Writes and listings pass through
+/// untouched.
 #[derive(Debug)]
 pub struct ExpiryAlarm {
     inner: Arc<dyn ChunkStore>,
@@ -102,21 +100,23 @@ pub struct ExpiryAlarm {
 }
 
 impl ExpiryAlarm {
-    /// Wraps `inner`; `reader` names this process in halt records.
-    pub fn new(
+    /// `inner` wrapped with the alarm: reads of `inner` check the root's state (re-read at most
+    /// every `ttl_secs`); `reader` names this process in halt records.
+    pub fn wrap(
         inner: Arc<dyn ChunkStore>,
         clock: Arc<dyn Clock>,
         ttl_secs: u64,
         reader: String,
-    ) -> Self {
-        Self {
-            inner,
+    ) -> HookedStore<Self> {
+        let alarm = Self {
+            inner: Arc::clone(&inner),
             clock,
             ttl: ttl_secs,
             reader,
             seen: Mutex::new(HashMap::new()),
             stats: Arc::new(AlarmStats::default()),
-        }
+        };
+        HookedStore::with_hook(inner, alarm)
     }
 
     /// The counters.
@@ -214,86 +214,17 @@ impl ExpiryAlarm {
 }
 
 #[async_trait]
-impl ChunkStore for ExpiryAlarm {
-    fn url(&self) -> &str {
-        self.inner.url()
-    }
-    async fn check(&self) -> Result<()> {
-        self.inner.check().await
-    }
-    async fn sync(&self) -> Result<()> {
-        self.inner.sync().await
-    }
-    async fn put_chunk(&self, root: &RootId, name: &ChunkName, data: Bytes) -> Result<PutOutcome> {
-        self.inner.put_chunk(root, name, data).await
-    }
-    async fn get_chunk(&self, root: &RootId, name: &ChunkName) -> Result<Bytes> {
-        self.check(root, &format!("chunk {name}")).await;
-        self.inner.get_chunk(root, name).await
-    }
-    async fn has_chunk(&self, root: &RootId, name: &ChunkName) -> Result<bool> {
-        self.inner.has_chunk(root, name).await
-    }
-    async fn delete_chunk(&self, root: &RootId, name: &ChunkName) -> Result<()> {
-        self.inner.delete_chunk(root, name).await
-    }
-    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, Result<(ChunkName, u64)>> {
-        self.inner.list_chunks(root)
-    }
-    async fn put_manifest(
-        &self,
-        root: &RootId,
-        id: &ManifestId,
-        data: Bytes,
-    ) -> Result<PutOutcome> {
-        self.inner.put_manifest(root, id, data).await
-    }
-    async fn get_manifest(&self, root: &RootId, id: &ManifestId) -> Result<Bytes> {
-        self.check(root, &format!("manifest {id}")).await;
-        self.inner.get_manifest(root, id).await
-    }
-    async fn list_manifests(&self, root: &RootId) -> Result<Vec<(ManifestId, u64)>> {
-        self.inner.list_manifests(root).await
-    }
-    async fn delete_manifest(&self, root: &RootId, id: &ManifestId) -> Result<()> {
-        self.inner.delete_manifest(root, id).await
-    }
-    async fn put_profile(&self, root: &RootId, id: &ManifestId, data: Bytes) -> Result<()> {
-        self.inner.put_profile(root, id, data).await
-    }
-    async fn get_profile(&self, root: &RootId, id: &ManifestId) -> Result<Bytes> {
-        self.check(root, &format!("profile of manifest {id}")).await;
-        self.inner.get_profile(root, id).await
-    }
-    async fn put_catalog(&self, tenant: &TenantId, image: &ImageRef, entry: Bytes) -> Result<()> {
-        self.inner.put_catalog(tenant, image, entry).await
-    }
-    async fn get_catalog(&self, tenant: &TenantId, image: &ImageRef) -> Result<Bytes> {
-        self.inner.get_catalog(tenant, image).await
-    }
-    async fn delete_catalog(&self, tenant: &TenantId, image: &ImageRef) -> Result<()> {
-        self.inner.delete_catalog(tenant, image).await
-    }
-    async fn list_catalog(&self, tenant: &TenantId) -> Result<Vec<ImageRef>> {
-        self.inner.list_catalog(tenant).await
-    }
-    async fn list_tenants(&self) -> Result<Vec<TenantId>> {
-        self.inner.list_tenants().await
-    }
-    async fn list_roots(&self) -> Result<Vec<RootId>> {
-        self.inner.list_roots().await
-    }
-    async fn put_meta(&self, key: &MetaKey, data: Bytes, mode: WriteMode) -> Result<PutOutcome> {
-        self.inner.put_meta(key, data, mode).await
-    }
-    async fn get_meta(&self, key: &MetaKey) -> Result<Bytes> {
-        self.inner.get_meta(key).await
-    }
-    async fn delete_meta(&self, key: &MetaKey) -> Result<()> {
-        self.inner.delete_meta(key).await
-    }
-    async fn list_halts(&self) -> Result<Vec<RootId>> {
-        self.inner.list_halts().await
+impl StoreHook for ExpiryAlarm {
+    async fn before(&self, access: Access<'_>) -> Result<()> {
+        match access {
+            Access::Chunk(root, name) => self.check(root, &format!("chunk {name}")).await,
+            Access::Manifest(root, id) => self.check(root, &format!("manifest {id}")).await,
+            Access::Profile(root, id) => {
+                self.check(root, &format!("profile of manifest {id}")).await
+            }
+            Access::Catalog(..) | Access::Write => {}
+        }
+        Ok(())
     }
 }
 
@@ -301,6 +232,7 @@ impl ChunkStore for ExpiryAlarm {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use lazyblock_format::{ChunkName, ManifestId};
     use lazyblock_store::{ObjectChunkStore, StoreConfig, StoreLocation};
 
     fn store(dir: &std::path::Path) -> Arc<dyn ChunkStore> {
@@ -333,7 +265,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let inner = store(dir.path());
         let clock = Arc::new(ManualClock::new(1000));
-        let alarm = ExpiryAlarm::new(Arc::clone(&inner), clock.clone(), 30, "test".into());
+        let alarm = ExpiryAlarm::wrap(Arc::clone(&inner), clock.clone(), 30, "test".into());
         let root = RootId::new("r1").expect("valid");
         let name = ChunkName::from_bytes([9; 32]);
         inner
@@ -342,7 +274,7 @@ mod tests {
             .expect("put");
         set_state(inner.as_ref(), &root, Lifecycle::Retired).await;
         assert_eq!(alarm.get_chunk(&root, &name).await.expect("read"), "chunk");
-        assert!(alarm.stats().expired_reads().is_empty());
+        assert!(alarm.hook().stats().expired_reads().is_empty());
 
         // Expired now, but the retired state is trusted for 30 s.
         set_state(inner.as_ref(), &root, Lifecycle::Expired).await;
@@ -353,10 +285,13 @@ mod tests {
         // Re-read: the read still succeeds, is counted, and writes the halt marker.
         clock.advance(1);
         assert_eq!(alarm.get_chunk(&root, &name).await.expect("read"), "chunk");
-        assert_eq!(alarm.stats().expired_reads(), vec![(root.clone(), 1)]);
+        assert_eq!(
+            alarm.hook().stats().expired_reads(),
+            vec![(root.clone(), 1)]
+        );
         assert_eq!(inner.list_halts().await.expect("halts"), vec![root.clone()]);
-        assert_eq!(alarm.stats().halts_raised(), 1);
-        let text = alarm.stats().render_prometheus();
+        assert_eq!(alarm.hook().stats().halts_raised(), 1);
+        let text = alarm.hook().stats().render_prometheus();
         assert!(
             text.contains("lazyblock_expired_root_reads_total{root=\"r1\"} 1"),
             "{text}"
@@ -368,7 +303,10 @@ mod tests {
             .await
             .expect("ack");
         alarm.get_chunk(&root, &name).await.expect("read");
-        assert_eq!(alarm.stats().expired_reads(), vec![(root.clone(), 2)]);
+        assert_eq!(
+            alarm.hook().stats().expired_reads(),
+            vec![(root.clone(), 2)]
+        );
         assert!(inner.list_halts().await.expect("halts").is_empty());
         // …and the next interval raises it again: the reader is still there.
         clock.advance(30);
@@ -388,6 +326,6 @@ mod tests {
             halt.reason.contains("manifest") && halt.reason.contains("test"),
             "{halt:?}"
         );
-        assert_eq!(alarm.stats().halts_raised(), 2);
+        assert_eq!(alarm.hook().stats().halts_raised(), 2);
     }
 }

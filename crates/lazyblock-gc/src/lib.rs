@@ -9,9 +9,9 @@
 //! - [`Collector`] (the executor over a [`ChunkStore`](lazyblock_store::ChunkStore)): rotate,
 //!   migrate (copy live manifests and their chunks into an active root, keyless, idempotent and
 //!   resumable), expire, delete (unless halted), resume, and the `lazyblock roots` usage report.
-//! - [`ExpiryAlarm`]: a store wrapper for every reader; a read from an expired root still works
-//!   but raises the alarm (error log, metric, and the durable `gc/halts/<root>` marker that
-//!   halts every deletion until an operator acknowledges it).
+//! - [`ExpiryAlarm`]: a store hook in front of every reader's store; a read from an expired
+//!   root still works but raises the alarm (error log, metric, and the durable
+//!   `gc/halts/<root>` marker that halts every deletion until an operator acknowledges it).
 //!
 //! The invariant kept at every step, crash or not: every chunk a manifest in a non-deleted root
 //! references is in that root, and every catalog entry names a manifest that is in the root the

@@ -23,7 +23,9 @@ use lazyblock_gc::{Collector, ExpiryAlarm, GcErrorKind, ManualClock, NoGcProgres
 use lazyblock_image::{build, export, open_image, BuildOptions, Context, NoProgress};
 use lazyblock_keys::{KeyAccess, KeyProvider, LocalKeyring};
 use lazyblock_store::testing::CountingStore;
-use lazyblock_store::{ChunkStore, MetaKey, ObjectChunkStore, StoreConfig, StoreLocation};
+use lazyblock_store::{
+    ChunkStore, HookedStore, MetaKey, ObjectChunkStore, StoreConfig, StoreLocation,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -46,7 +48,7 @@ struct World {
     /// The store every writer uses; it can crash after n writes.
     store: Arc<CountingStore>,
     /// What agents read through: the raw store wrapped in the expiry alarm.
-    alarm: Arc<ExpiryAlarm>,
+    alarm: Arc<HookedStore<ExpiryAlarm>>,
     keys: Arc<LocalKeyring>,
     clock: Arc<ManualClock>,
     gc: Collector,
@@ -91,7 +93,7 @@ impl World {
         ));
         let clock = Arc::new(ManualClock::new(1_700_000_000));
         let store = Arc::new(CountingStore::new(Arc::clone(&inner)));
-        let alarm = Arc::new(ExpiryAlarm::new(
+        let alarm = Arc::new(ExpiryAlarm::wrap(
             inner,
             clock.clone(),
             0,

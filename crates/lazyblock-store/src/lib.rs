@@ -15,12 +15,14 @@
 
 mod delayed;
 mod error;
+mod hooked;
 mod layout;
 mod object;
 pub mod testing;
 
-pub use delayed::DelayedStore;
+pub use delayed::{Delay, DelayedStore};
 pub use error::{StoreError, StoreErrorKind};
+pub use hooked::{Access, HookedStore, StoreHook};
 pub use layout::Layout;
 pub use object::{s3_options_from_vars, ObjectChunkStore, StoreConfig, StoreLocation};
 

@@ -1,6 +1,6 @@
 //! Test support shared by this crate's tests and the crates above it: the [`ChunkStore`]
 //! conformance suite, a wrapper that behaves like an S3 server which ignores `If-None-Match`,
-//! [`CountingStore`] (records chunk GETs, fails them on demand),
+//! [`CountingStore`] (records chunk GETs, fails them on demand, crashes after n writes),
 //! and the settings of the S3-compatible test server.
 //!
 //! Not for production use.
@@ -17,6 +17,7 @@ use object_store::{
     PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
+use crate::hooked::{Access, HookedStore, StoreHook};
 use crate::{
     ChunkStore, MetaKey, PutOutcome, StoreConfig, StoreErrorKind, StoreLocation, WriteMode,
 };
@@ -394,13 +395,11 @@ pub async fn conformance(store: &dyn ChunkStore, strict_create: bool) {
     assert_eq!(store.list_tenants().await.expect("tenants"), vec![t1, t2]);
 }
 
-/// A [`ChunkStore`] wrapper for tests of what reads and writes the origin: it records every
-/// chunk GET (the names, in order) and can fail them all on demand, like an origin that went
-/// away; it counts every write (put or delete) and can fail every write after the n-th, like a
-/// writer that crashed there.
+/// The hook of [`CountingStore`]: records every chunk GET (the names, in order) and can fail
+/// them all on demand, like an origin that went away; counts every write (put or delete) and can
+/// fail every write after the n-th, like a writer that crashed there.
 #[derive(Debug)]
-pub struct CountingStore {
-    inner: Arc<dyn ChunkStore>,
+pub struct Counter {
     gets: std::sync::Mutex<Vec<ChunkName>>,
     failing: std::sync::atomic::AtomicBool,
     writes: std::sync::atomic::AtomicU64,
@@ -408,181 +407,97 @@ pub struct CountingStore {
     crash_after: std::sync::atomic::AtomicU64,
 }
 
-impl CountingStore {
+#[async_trait]
+impl StoreHook for Counter {
+    async fn before(&self, access: Access<'_>) -> crate::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        match access {
+            Access::Chunk(_, name) => {
+                if self.failing.load(SeqCst) {
+                    return Err(crate::StoreError::new(
+                        StoreErrorKind::Unavailable,
+                        "injected: origin unreachable",
+                    ));
+                }
+                self.gets
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(*name);
+            }
+            Access::Write => {
+                let n = self.writes.fetch_add(1, SeqCst);
+                if n >= self.crash_after.load(SeqCst) {
+                    return Err(crate::StoreError::new(
+                        StoreErrorKind::Unavailable,
+                        format!("injected crash before write {}", n + 1),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A [`ChunkStore`] wrapper for tests of what reads and writes the origin (see [`Counter`]).
+pub type CountingStore = HookedStore<Counter>;
+
+impl HookedStore<Counter> {
     /// Wraps `inner`.
     pub fn new(inner: Arc<dyn ChunkStore>) -> Self {
-        Self {
+        Self::with_hook(
             inner,
-            gets: std::sync::Mutex::new(Vec::new()),
-            failing: std::sync::atomic::AtomicBool::new(false),
-            writes: std::sync::atomic::AtomicU64::new(0),
-            crash_after: std::sync::atomic::AtomicU64::new(u64::MAX),
-        }
+            Counter {
+                gets: std::sync::Mutex::new(Vec::new()),
+                failing: std::sync::atomic::AtomicBool::new(false),
+                writes: std::sync::atomic::AtomicU64::new(0),
+                crash_after: std::sync::atomic::AtomicU64::new(u64::MAX),
+            },
+        )
+    }
+
+    /// The names of the chunk GETs that reached the inner store, in order.
+    pub fn gets(&self) -> Vec<ChunkName> {
+        self.hook()
+            .gets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// How many GETs of `name` reached the inner store.
+    pub fn gets_of(&self, name: &ChunkName) -> usize {
+        self.gets().iter().filter(|n| *n == name).count()
+    }
+
+    /// Forgets the GETs recorded so far.
+    pub fn reset(&self) {
+        self.hook()
+            .gets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// While `true`, every chunk GET fails with a retryable "unreachable" error (not recorded).
+    pub fn set_failing(&self, failing: bool) {
+        self.hook()
+            .failing
+            .store(failing, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Lets `allowed` more writes through, then fails every further write with a retryable
     /// "injected crash" error; `None` lifts the limit. Resets the write count.
     pub fn crash_after_writes(&self, allowed: Option<u64>) {
         use std::sync::atomic::Ordering::SeqCst;
-        self.writes.store(0, SeqCst);
-        self.crash_after.store(allowed.unwrap_or(u64::MAX), SeqCst);
+        self.hook().writes.store(0, SeqCst);
+        self.hook()
+            .crash_after
+            .store(allowed.unwrap_or(u64::MAX), SeqCst);
     }
 
     /// Writes attempted since the last [`Self::crash_after_writes`] (refused ones included).
     pub fn writes(&self) -> u64 {
-        self.writes.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn write_gate(&self) -> crate::Result<()> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let n = self.writes.fetch_add(1, SeqCst);
-        if n >= self.crash_after.load(SeqCst) {
-            return Err(crate::StoreError::new(
-                StoreErrorKind::Unavailable,
-                format!("injected crash before write {}", n + 1),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The names of the chunk GETs that reached the inner store, in order.
-    pub fn gets(&self) -> Vec<ChunkName> {
-        self.gets.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// How many GETs of `name` reached the inner store.
-    pub fn gets_of(&self, name: &ChunkName) -> usize {
-        self.gets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|n| *n == name)
-            .count()
-    }
-
-    /// Forgets the GETs recorded so far.
-    pub fn reset(&self) {
-        self.gets.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-
-    /// While `true`, every chunk GET fails with a retryable "unreachable" error (not recorded).
-    pub fn set_failing(&self, failing: bool) {
-        self.failing
-            .store(failing, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl ChunkStore for CountingStore {
-    fn url(&self) -> &str {
-        self.inner.url()
-    }
-    async fn check(&self) -> crate::Result<()> {
-        self.inner.check().await
-    }
-    async fn sync(&self) -> crate::Result<()> {
-        self.inner.sync().await
-    }
-    async fn put_chunk(
-        &self,
-        root: &RootId,
-        name: &ChunkName,
-        data: Bytes,
-    ) -> crate::Result<PutOutcome> {
-        self.write_gate()?;
-        self.inner.put_chunk(root, name, data).await
-    }
-    async fn get_chunk(&self, root: &RootId, name: &ChunkName) -> crate::Result<Bytes> {
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(crate::StoreError::new(
-                StoreErrorKind::Unavailable,
-                "injected: origin unreachable",
-            ));
-        }
-        self.gets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(*name);
-        self.inner.get_chunk(root, name).await
-    }
-    async fn has_chunk(&self, root: &RootId, name: &ChunkName) -> crate::Result<bool> {
-        self.inner.has_chunk(root, name).await
-    }
-    async fn delete_chunk(&self, root: &RootId, name: &ChunkName) -> crate::Result<()> {
-        self.write_gate()?;
-        self.inner.delete_chunk(root, name).await
-    }
-    fn list_chunks(&self, root: &RootId) -> BoxStream<'_, crate::Result<(ChunkName, u64)>> {
-        self.inner.list_chunks(root)
-    }
-    async fn put_manifest(
-        &self,
-        root: &RootId,
-        id: &ManifestId,
-        data: Bytes,
-    ) -> crate::Result<PutOutcome> {
-        self.write_gate()?;
-        self.inner.put_manifest(root, id, data).await
-    }
-    async fn get_manifest(&self, root: &RootId, id: &ManifestId) -> crate::Result<Bytes> {
-        self.inner.get_manifest(root, id).await
-    }
-    async fn put_profile(&self, root: &RootId, id: &ManifestId, data: Bytes) -> crate::Result<()> {
-        self.write_gate()?;
-        self.inner.put_profile(root, id, data).await
-    }
-    async fn get_profile(&self, root: &RootId, id: &ManifestId) -> crate::Result<Bytes> {
-        self.inner.get_profile(root, id).await
-    }
-    async fn put_catalog(
-        &self,
-        tenant: &TenantId,
-        image: &ImageRef,
-        entry: Bytes,
-    ) -> crate::Result<()> {
-        self.write_gate()?;
-        self.inner.put_catalog(tenant, image, entry).await
-    }
-    async fn get_catalog(&self, tenant: &TenantId, image: &ImageRef) -> crate::Result<Bytes> {
-        self.inner.get_catalog(tenant, image).await
-    }
-    async fn delete_catalog(&self, tenant: &TenantId, image: &ImageRef) -> crate::Result<()> {
-        self.write_gate()?;
-        self.inner.delete_catalog(tenant, image).await
-    }
-    async fn list_catalog(&self, tenant: &TenantId) -> crate::Result<Vec<ImageRef>> {
-        self.inner.list_catalog(tenant).await
-    }
-    async fn list_manifests(&self, root: &RootId) -> crate::Result<Vec<(ManifestId, u64)>> {
-        self.inner.list_manifests(root).await
-    }
-    async fn delete_manifest(&self, root: &RootId, id: &ManifestId) -> crate::Result<()> {
-        self.write_gate()?;
-        self.inner.delete_manifest(root, id).await
-    }
-    async fn list_tenants(&self) -> crate::Result<Vec<TenantId>> {
-        self.inner.list_tenants().await
-    }
-    async fn list_roots(&self) -> crate::Result<Vec<RootId>> {
-        self.inner.list_roots().await
-    }
-    async fn put_meta(
-        &self,
-        key: &MetaKey,
-        data: Bytes,
-        mode: WriteMode,
-    ) -> crate::Result<PutOutcome> {
-        self.write_gate()?;
-        self.inner.put_meta(key, data, mode).await
-    }
-    async fn get_meta(&self, key: &MetaKey) -> crate::Result<Bytes> {
-        self.inner.get_meta(key).await
-    }
-    async fn delete_meta(&self, key: &MetaKey) -> crate::Result<()> {
-        self.write_gate()?;
-        self.inner.delete_meta(key).await
-    }
-    async fn list_halts(&self) -> crate::Result<Vec<RootId>> {
-        self.inner.list_halts().await
+        self.hook().writes.load(std::sync::atomic::Ordering::SeqCst)
     }
 }

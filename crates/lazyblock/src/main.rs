@@ -266,7 +266,7 @@ pub(crate) fn context(
     r: &Resolved,
     writes: bool,
 ) -> Result<(Context, Arc<lazyblock_gc::AlarmStats>)> {
-    let alarm = lazyblock_gc::ExpiryAlarm::new(
+    let alarm = lazyblock_gc::ExpiryAlarm::wrap(
         open_store(&r.store_url, writes)?,
         Arc::new(lazyblock_gc::SystemClock),
         r.root_check_interval,
@@ -278,7 +278,7 @@ pub(crate) fn context(
             std::process::id()
         ),
     );
-    let stats = Arc::clone(alarm.stats());
+    let stats = Arc::clone(alarm.hook().stats());
     Ok((
         Context {
             store: Arc::new(alarm),
