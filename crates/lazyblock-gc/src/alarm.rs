@@ -7,7 +7,8 @@
 //! every deletion until an operator runs `lazyblock gc resume --ack <root>`.
 //!
 //! The wrapper learns a root's state from its record, cached for a configurable time (one GET
-//! per root per interval), so a read at most that long after the root expired raises the alarm.
+//! per root per interval, sent alongside the read, so it adds no round trip), so a read at most
+//! that long after the root expired raises the alarm.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -225,6 +226,12 @@ impl StoreHook for ExpiryAlarm {
             Access::Catalog(..) | Access::Write => {}
         }
         Ok(())
+    }
+
+    /// The check never changes what a read returns, so its state GET runs alongside the read
+    /// instead of adding a round trip before it (e.g. to every agent's first manifest read).
+    fn alongside_reads(&self) -> bool {
+        true
     }
 }
 

@@ -34,6 +34,13 @@ pub enum Access<'a> {
 pub trait StoreHook: Send + Sync + std::fmt::Debug {
     /// An error is returned instead of forwarding the call.
     async fn before(&self, access: Access<'_>) -> Result<()>;
+
+    /// Whether the hook may run alongside the read it is about (a read then takes the longer
+    /// of the two, not their sum), because it never changes what the read returns. Writes are
+    /// always asked first.
+    fn alongside_reads(&self) -> bool {
+        false
+    }
 }
 
 /// A store wrapped with a [`StoreHook`].
@@ -58,6 +65,22 @@ impl<H: StoreHook> HookedStore<H> {
     pub fn inner(&self) -> &Arc<dyn ChunkStore> {
         &self.inner
     }
+
+    /// Asks the hook about a read, then (or meanwhile, see [`StoreHook::alongside_reads`]) reads.
+    async fn read<T>(
+        &self,
+        access: Access<'_>,
+        get: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        if self.hook.alongside_reads() {
+            let (asked, got) = futures::join!(self.hook.before(access), get);
+            asked?;
+            got
+        } else {
+            self.hook.before(access).await?;
+            get.await
+        }
+    }
 }
 
 #[async_trait]
@@ -76,8 +99,8 @@ impl<H: StoreHook> ChunkStore for HookedStore<H> {
         self.inner.put_chunk(root, name, data).await
     }
     async fn get_chunk(&self, root: &RootId, name: &ChunkName) -> Result<Bytes> {
-        self.hook.before(Access::Chunk(root, name)).await?;
-        self.inner.get_chunk(root, name).await
+        self.read(Access::Chunk(root, name), self.inner.get_chunk(root, name))
+            .await
     }
     async fn has_chunk(&self, root: &RootId, name: &ChunkName) -> Result<bool> {
         self.inner.has_chunk(root, name).await
@@ -99,8 +122,11 @@ impl<H: StoreHook> ChunkStore for HookedStore<H> {
         self.inner.put_manifest(root, id, data).await
     }
     async fn get_manifest(&self, root: &RootId, id: &ManifestId) -> Result<Bytes> {
-        self.hook.before(Access::Manifest(root, id)).await?;
-        self.inner.get_manifest(root, id).await
+        self.read(
+            Access::Manifest(root, id),
+            self.inner.get_manifest(root, id),
+        )
+        .await
     }
     async fn list_manifests(&self, root: &RootId) -> Result<Vec<(ManifestId, u64)>> {
         self.inner.list_manifests(root).await
@@ -114,16 +140,19 @@ impl<H: StoreHook> ChunkStore for HookedStore<H> {
         self.inner.put_profile(root, id, data).await
     }
     async fn get_profile(&self, root: &RootId, id: &ManifestId) -> Result<Bytes> {
-        self.hook.before(Access::Profile(root, id)).await?;
-        self.inner.get_profile(root, id).await
+        self.read(Access::Profile(root, id), self.inner.get_profile(root, id))
+            .await
     }
     async fn put_catalog(&self, tenant: &TenantId, image: &ImageRef, entry: Bytes) -> Result<()> {
         self.hook.before(Access::Write).await?;
         self.inner.put_catalog(tenant, image, entry).await
     }
     async fn get_catalog(&self, tenant: &TenantId, image: &ImageRef) -> Result<Bytes> {
-        self.hook.before(Access::Catalog(tenant, image)).await?;
-        self.inner.get_catalog(tenant, image).await
+        self.read(
+            Access::Catalog(tenant, image),
+            self.inner.get_catalog(tenant, image),
+        )
+        .await
     }
     async fn delete_catalog(&self, tenant: &TenantId, image: &ImageRef) -> Result<()> {
         self.hook.before(Access::Write).await?;
@@ -151,5 +180,64 @@ impl<H: StoreHook> ChunkStore for HookedStore<H> {
     }
     async fn list_halts(&self) -> Result<Vec<RootId>> {
         self.inner.list_halts().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DelayedStore, ObjectChunkStore, StoreConfig, StoreLocation};
+    use std::time::Duration;
+
+    /// Sleeps before every call; optionally alongside reads.
+    #[derive(Debug)]
+    struct Slow {
+        alongside: bool,
+    }
+
+    #[async_trait]
+    impl StoreHook for Slow {
+        async fn before(&self, _access: Access<'_>) -> Result<()> {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            Ok(())
+        }
+        fn alongside_reads(&self) -> bool {
+            self.alongside
+        }
+    }
+
+    // On tokio's paused clock only sleeps move time, so the elapsed times are exact: a hook
+    // asked alongside a 60 ms read adds nothing, one asked first adds its 40 ms; writes are
+    // always asked first.
+    #[tokio::test(start_paused = true)]
+    async fn a_hook_runs_before_or_alongside_reads() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut cfg = StoreConfig::new(StoreLocation::Local(dir.path().to_path_buf()));
+        cfg.create_if_missing = true;
+        let local: Arc<dyn ChunkStore> = Arc::new(ObjectChunkStore::open(&cfg).expect("open"));
+        let remote: Arc<dyn ChunkStore> =
+            Arc::new(DelayedStore::new(local, Duration::from_millis(60)));
+        let root = RootId::initial();
+        let name = ChunkName::from_bytes([3; 32]);
+        for (alongside, read_ms) in [(false, 100), (true, 60)] {
+            let store = HookedStore::with_hook(Arc::clone(&remote), Slow { alongside });
+            let t = tokio::time::Instant::now();
+            store
+                .put_chunk(&root, &name, Bytes::from_static(b"x"))
+                .await
+                .expect("put");
+            assert_eq!(
+                t.elapsed(),
+                Duration::from_millis(40),
+                "alongside {alongside}"
+            );
+            let t = tokio::time::Instant::now();
+            assert_eq!(store.get_chunk(&root, &name).await.expect("get"), "x");
+            assert_eq!(
+                t.elapsed(),
+                Duration::from_millis(read_ms),
+                "alongside {alongside}"
+            );
+        }
     }
 }
