@@ -48,23 +48,23 @@ pub struct NoGcProgress;
 impl GcProgress for NoGcProgress {}
 
 /// What a rotation did (or, dry, would do).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RotateReport {
     /// The group rotated.
-    pub group: Option<RootId>,
+    pub group: RootId,
     /// The new active root.
-    pub created: Option<RootId>,
+    pub created: RootId,
     /// The roots retired.
     pub retired: Vec<RootId>,
 }
 
 /// Migration of one retired root.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MigratedRoot {
     /// The retired root copied out of.
-    pub root: Option<RootId>,
+    pub root: RootId,
     /// The active root copied into.
-    pub target: Option<RootId>,
+    pub target: RootId,
     /// Live manifests in the root.
     pub manifests: u64,
     /// Chunks copied (dry: to copy).
@@ -198,15 +198,20 @@ impl Collector {
         }
     }
 
-    async fn write_state(&self, id: &RootId, s: &RootState) -> Result<()> {
-        self.store
-            .put_meta(
-                &MetaKey::RootState(id.clone()),
-                Bytes::from(s.encode()),
-                WriteMode::Overwrite,
-            )
-            .await?;
+    /// Writes a GC record and makes it durable before anything that depends on it.
+    async fn put_record(&self, key: MetaKey, data: Vec<u8>, mode: WriteMode) -> Result<PutOutcome> {
+        let outcome = self.store.put_meta(&key, Bytes::from(data), mode).await?;
         self.store.sync().await?;
+        Ok(outcome)
+    }
+
+    async fn write_state(&self, id: &RootId, s: &RootState) -> Result<()> {
+        self.put_record(
+            MetaKey::RootState(id.clone()),
+            s.encode(),
+            WriteMode::Overwrite,
+        )
+        .await?;
         Ok(())
     }
 
@@ -257,13 +262,12 @@ impl Collector {
         for r in roots.iter_mut().filter(|r| r.state.is_none()) {
             let s = RootState::new_active(plan::default_group(), now);
             if !dry_run {
-                self.store
-                    .put_meta(
-                        &MetaKey::RootState(r.id.clone()),
-                        Bytes::from(s.encode()),
-                        WriteMode::Create,
-                    )
-                    .await?;
+                self.put_record(
+                    MetaKey::RootState(r.id.clone()),
+                    s.encode(),
+                    WriteMode::Create,
+                )
+                .await?;
                 info!(root = %r.id, "adopted a root without a state record as active");
             }
             r.state = Some(s);
@@ -279,10 +283,9 @@ impl Collector {
             let id = plan::next_root_id(roots);
             let s = RootState::new_active(group.clone(), now);
             let outcome = self
-                .store
-                .put_meta(
-                    &MetaKey::RootState(id.clone()),
-                    Bytes::from(s.encode()),
+                .put_record(
+                    MetaKey::RootState(id.clone()),
+                    s.encode(),
                     WriteMode::Create,
                 )
                 .await?;
@@ -295,7 +298,6 @@ impl Collector {
                 state,
             });
             if outcome == PutOutcome::Stored {
-                self.store.sync().await?;
                 info!(root = %id, group = %group, "created an active root");
                 return Ok(id);
             }
@@ -332,8 +334,8 @@ impl Collector {
         };
         let retired = self.retire_others(&roots, group, &created, dry_run).await?;
         Ok(RotateReport {
-            group: Some(group.clone()),
-            created: Some(created),
+            group: group.clone(),
+            created,
             retired,
         })
     }
@@ -395,9 +397,7 @@ impl Collector {
         let live_now = Self::live_roots(&self.live().await?);
         let now = self.now();
         for one in &mut report.roots {
-            let Some(source) = one.root.clone() else {
-                continue;
-            };
+            let source = one.root.clone();
             if live_now.contains(&source) {
                 warn!(root = %source, "images were published into the retired root during the migration: run gc migrate again");
                 continue;
@@ -435,10 +435,14 @@ impl Collector {
             by_manifest.entry(e.entry.manifest).or_default().push(e);
         }
         let mut out = MigratedRoot {
-            root: Some(source.clone()),
-            target: Some(target.clone()),
+            root: source.clone(),
+            target: target.clone(),
             manifests: by_manifest.len() as u64,
-            ..Default::default()
+            chunks_copied: 0,
+            chunks_present: 0,
+            bytes_copied: 0,
+            entries_repointed: 0,
+            done: false,
         };
         for (id, entries) in &by_manifest {
             let bytes = self.store.get_manifest(source, id).await?;
@@ -583,14 +587,12 @@ impl Collector {
     }
 
     async fn ensure_not_halted(&self) -> Result<()> {
-        let halts = self.store.list_halts().await?;
+        let halts = self.halts().await?;
         if halts.is_empty() {
             return Ok(());
         }
         let now = self.now();
-        let list: Vec<String> = self
-            .halts()
-            .await?
+        let list: Vec<String> = halts
             .iter()
             .map(|h| {
                 format!(
@@ -617,14 +619,12 @@ impl Collector {
             raised: self.now(),
             reason,
         };
-        self.store
-            .put_meta(
-                &MetaKey::Halt(root.clone()),
-                Bytes::from(record.encode()),
-                WriteMode::Create,
-            )
-            .await?;
-        self.store.sync().await?;
+        self.put_record(
+            MetaKey::Halt(root.clone()),
+            record.encode(),
+            WriteMode::Create,
+        )
+        .await?;
         Ok(())
     }
 
@@ -748,8 +748,8 @@ impl Collector {
                 let retired = self.retire_others(&roots, &group, &newest, dry_run).await?;
                 if !retired.is_empty() {
                     report.rotated.push(RotateReport {
-                        group: Some(group.clone()),
-                        created: Some(newest),
+                        group: group.clone(),
+                        created: newest,
                         retired,
                     });
                 }

@@ -102,6 +102,24 @@ pub fn migration_sources(roots: &[RootInfo]) -> Vec<(RootId, RootId)> {
         .collect()
 }
 
+/// The roots with a record that passes `keep` and that no catalog entry names.
+fn unnamed_where(
+    roots: &[RootInfo],
+    live_roots: &BTreeSet<RootId>,
+    keep: impl Fn(&RootState) -> bool,
+) -> Vec<RootId> {
+    roots
+        .iter()
+        .filter(|r| !live_roots.contains(&r.id) && r.state.as_ref().is_some_and(&keep))
+        .map(|r| r.id.clone())
+        .collect()
+}
+
+/// Whether a step taken at `at` is at least `after` seconds old.
+fn aged(at: Option<u64>, now: u64, after: u64) -> bool {
+    at.is_some_and(|t| now.saturating_sub(t) >= after)
+}
+
 /// The retired roots that may expire now: fully migrated at least `after` seconds ago, and
 /// holding nothing live (no catalog entry names them).
 pub fn expirable(
@@ -110,19 +128,9 @@ pub fn expirable(
     now: u64,
     after: u64,
 ) -> Vec<RootId> {
-    roots
-        .iter()
-        .filter(|r| !live_roots.contains(&r.id))
-        .filter(|r| {
-            r.state.as_ref().is_some_and(|s| {
-                s.state == Lifecycle::Retired
-                    && s.migrated.is_some_and(|m| {
-                        m >= s.retired.unwrap_or(0) && now.saturating_sub(m) >= after
-                    })
-            })
-        })
-        .map(|r| r.id.clone())
-        .collect()
+    unnamed_where(roots, live_roots, |s| {
+        s.state == Lifecycle::Retired && s.migrated >= s.retired && aged(s.migrated, now, after)
+    })
 }
 
 /// The roots deletion works on: expired at least `after` seconds ago, plus roots already marked
@@ -134,18 +142,11 @@ pub fn deletable(
     now: u64,
     after: u64,
 ) -> Vec<RootId> {
-    roots
-        .iter()
-        .filter(|r| !live_roots.contains(&r.id))
-        .filter(|r| {
-            r.state.as_ref().is_some_and(|s| match s.state {
-                Lifecycle::Expired => s.expired.is_some_and(|e| now.saturating_sub(e) >= after),
-                Lifecycle::Deleted => true,
-                _ => false,
-            })
-        })
-        .map(|r| r.id.clone())
-        .collect()
+    unnamed_where(roots, live_roots, |s| match s.state {
+        Lifecycle::Expired => aged(s.expired, now, after),
+        Lifecycle::Deleted => true,
+        _ => false,
+    })
 }
 
 fn refuse(root: &RootId, s: &RootState, to: &str) -> GcError {

@@ -19,7 +19,9 @@ use futures::TryStreamExt;
 use lazyblock_format::{
     open_chunk, ChunkSize, ImageRef, KeyTable, Lifecycle, Manifest, RootId, RootState, TenantId,
 };
-use lazyblock_gc::{Collector, ExpiryAlarm, GcErrorKind, ManualClock, NoGcProgress, RunSettings};
+use lazyblock_gc::{
+    Clock, Collector, ExpiryAlarm, GcErrorKind, ManualClock, NoGcProgress, RunSettings,
+};
 use lazyblock_image::{build, export, open_image, BuildOptions, Context, NoProgress};
 use lazyblock_keys::{KeyAccess, KeyProvider, LocalKeyring};
 use lazyblock_store::testing::CountingStore;
@@ -198,7 +200,7 @@ impl World {
             }
         };
         let ctx = self.ctx(&tenant, self.store.clone(), root.clone());
-        let mut opts = BuildOptions::new(image.clone(), "test".into(), self.clock.now());
+        let mut opts = BuildOptions::new(image.clone(), "test".into(), self.clock.now_unix_secs());
         opts.chunk_size = ChunkSize::new(CHUNK as u64).expect("valid");
         opts.seal_parallelism = 1;
         opts.upload_concurrency = 1;
@@ -332,10 +334,7 @@ impl World {
             .await;
         self.store.crash_after_writes(None);
         match r {
-            Ok(r) => self.note(&format!(
-                "rotated: {:?}, retired {:?}",
-                r.created, r.retired
-            )),
+            Ok(r) => self.note(&format!("rotated: {}, retired {:?}", r.created, r.retired)),
             Err(e) => self.crashed(&e),
         }
     }
@@ -356,7 +355,7 @@ impl World {
                         .iter()
                         .map(|m| {
                             format!(
-                                "{:?}: {} manifests, {} chunks copied, {} re-pointed, done {}",
+                                "{}: {} manifests, {} chunks copied, {} re-pointed, done {}",
                                 m.root, m.manifests, m.chunks_copied, m.entries_repointed, m.done
                             )
                         })
@@ -604,16 +603,6 @@ impl World {
             }
             self.check().await;
         }
-    }
-}
-
-trait Now {
-    fn now(&self) -> u64;
-}
-
-impl Now for ManualClock {
-    fn now(&self) -> u64 {
-        lazyblock_gc::Clock::now_unix_secs(self)
     }
 }
 

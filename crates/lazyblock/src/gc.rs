@@ -315,20 +315,12 @@ fn age(secs: u64) -> String {
 }
 
 fn print_rotate(r: &RotateReport, dry: bool) {
-    let group = r
-        .group
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    let created = r
-        .created
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default();
     let retired: Vec<String> = r.retired.iter().map(ToString::to_string).collect();
     eprintln!(
-        "{} group {group}: new active root {created}, retired {}",
+        "{} group {}: new active root {}, retired {}",
         would(dry, "rotated", "rotate"),
+        r.group,
+        r.created,
         if retired.is_empty() {
             "none".to_owned()
         } else {
@@ -342,16 +334,7 @@ fn print_migrate(m: &MigrateReport, dry: bool) {
         eprintln!("no retired roots to migrate");
     }
     for one in &m.roots {
-        let root = one
-            .root
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        let target = one
-            .target
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default();
+        let (root, target) = (&one.root, &one.target);
         if dry {
             eprintln!(
                 "would migrate {root} → {target}: {} live manifests, {} chunks to copy, {} already there, {} catalog entries to re-point",
