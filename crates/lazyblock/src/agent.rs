@@ -23,6 +23,7 @@ use lazyblock_store::StoreErrorKind;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{info, warn};
 
+use crate::settings::parse_duration;
 use crate::{context, settings, Resolved};
 
 /// Options every agent command shares: cache, overlay, prefetch, metrics.
@@ -83,28 +84,6 @@ pub(crate) struct AgentArgs {
     /// Added before every origin request (to model a remote origin in benchmarks)
     #[arg(long, hide = true, value_parser = parse_duration)]
     pub(crate) origin_latency: Option<Duration>,
-}
-
-/// Parses `250ms`, `3s`, `2m`, `1h`, `2d` or a number of seconds.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 3s, 2m"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "d" => Duration::from_secs(n.saturating_mul(86_400)),
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {text:?}: use ms, s, m, h or d"
-            ))
-        }
-    })
 }
 
 pub(crate) fn default_cache_dir() -> PathBuf {

@@ -26,7 +26,7 @@ use rand::{RngCore, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::agent::parse_duration;
+use crate::settings::parse_duration;
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct BenchL2Args {

@@ -39,7 +39,7 @@ use lazyblock_image::{open_image, BuildOptions, Context, NoProgress};
 use lazyblock_keys::{KeyAccess, LocalKeyring};
 use lazyblock_store::{ChunkStore, DelayedStore};
 
-use crate::agent::parse_duration;
+use crate::settings::parse_duration;
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct BenchStartArgs {

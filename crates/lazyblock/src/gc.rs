@@ -1,7 +1,6 @@
 //! `lazyblock rm`, `lazyblock roots` and `lazyblock gc …`: the command-line face of
 //! `lazyblock-gc` (docs/gc.md).
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,44 +12,55 @@ use lazyblock_gc::{
     Collector, GcProgress, MigrateReport, RootUsage, RotateReport, RunSettings, SystemClock,
 };
 
-use crate::agent::parse_duration;
-use crate::settings::FileGc;
-use crate::Resolved;
+use crate::settings::{duration_setting, parse_duration, FileGc};
+use crate::{Bar, Resolved};
 
 /// Object requests in flight for GC work.
 const GC_CONCURRENCY: usize = 16;
 
-/// GC ages and the reader's root-state check, resolved from flags, config file and defaults.
+/// GC ages and the readers' root-state check, resolved from flags, config file and defaults.
 #[derive(Clone, Debug)]
-pub(crate) struct GcDefaults {
+pub(crate) struct GcSettings {
     pub(crate) rotate_after: Duration,
     pub(crate) expire_after: Duration,
     pub(crate) delete_after: Duration,
+    pub(crate) root_check_interval: Duration,
 }
 
-impl GcDefaults {
-    pub(crate) fn resolve(file: Option<&FileGc>) -> Result<Self> {
-        let get = |v: Option<&String>, key: &str, default: &str| -> Result<Duration> {
-            let text = v.map_or(default, String::as_str);
-            parse_duration(text)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("config file: [gc] {key}"))
+impl GcSettings {
+    pub(crate) fn resolve(check_flag: Option<Duration>, file: Option<&FileGc>) -> Result<Self> {
+        let get = |flag, text: Option<&String>, key: &str, default_secs: u64| {
+            duration_setting(
+                flag,
+                text.map(String::as_str),
+                &format!("[gc] {key}"),
+                Duration::from_secs(default_secs),
+            )
         };
         Ok(Self {
             rotate_after: get(
+                None,
                 file.and_then(|f| f.rotate_after.as_ref()),
                 "rotate_after",
-                "7d",
+                7 * 86_400,
             )?,
             expire_after: get(
+                None,
                 file.and_then(|f| f.expire_after.as_ref()),
                 "expire_after",
-                "1d",
+                86_400,
             )?,
             delete_after: get(
+                None,
                 file.and_then(|f| f.delete_after.as_ref()),
                 "delete_after",
-                "3d",
+                3 * 86_400,
+            )?,
+            root_check_interval: get(
+                check_flag,
+                file.and_then(|f| f.root_check_interval.as_ref()),
+                "root_check_interval",
+                30,
             )?,
         })
     }
@@ -145,26 +155,8 @@ pub(crate) struct ResumeArgs {
     dry: DryRun,
 }
 
-/// A progress bar on stderr when it is a terminal.
-struct GcBar(ProgressBar);
-
-impl GcBar {
-    fn new() -> Self {
-        Self(if std::io::stderr().is_terminal() {
-            let b = ProgressBar::new(0);
-            b.set_style(
-                ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} objects eta {eta}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            b
-        } else {
-            ProgressBar::hidden()
-        })
-    }
-}
-
-impl GcProgress for GcBar {
+/// GC progress on the CLI's progress bar: objects, not bytes.
+impl GcProgress for Bar {
     fn start(&self, what: &str, total: u64) {
         self.0.set_message(what.to_owned());
         self.0.set_length(total);
@@ -175,10 +167,14 @@ impl GcProgress for GcBar {
     }
 }
 
-impl Drop for GcBar {
-    fn drop(&mut self) {
-        self.0.finish_and_clear();
-    }
+fn object_bar() -> Bar {
+    Bar::on_terminal(|| {
+        ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} objects eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        )
+    })
 }
 
 fn collector(r: &Resolved) -> Result<Collector> {
@@ -390,7 +386,7 @@ fn print_delete(d: &lazyblock_gc::DeleteReport, dry: bool) {
 /// `lazyblock gc …`. Returns false (exit 1) when deletion is halted.
 pub(crate) async fn cmd_gc(r: &Resolved, cmd: &GcCommand) -> Result<bool> {
     let gc = collector(r)?;
-    let bar = GcBar::new();
+    let bar = object_bar();
     match cmd {
         GcCommand::Rotate(a) => {
             let group = match &a.group {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use clap::Args;
 use futures::future::BoxFuture;
@@ -14,7 +14,7 @@ use lazyblock_format::ChunkName;
 use lazyblock_image::ChunkSink;
 use tracing::warn;
 
-use crate::agent::parse_duration;
+use crate::settings::parse_duration;
 use crate::settings::FileL2;
 
 /// Flags of the AZ cache tier, accepted by every command.
@@ -78,13 +78,12 @@ pub(crate) fn resolve(args: &L2Args, file: Option<&FileL2>) -> Result<Option<L2C
         return Ok(None);
     }
     let defaults = L2Config::default();
-    let timeout = match (args.timeout, file.and_then(|f| f.timeout.as_deref())) {
-        (Some(t), _) => t,
-        (None, Some(text)) => parse_duration(text)
-            .map_err(anyhow::Error::msg)
-            .context("config file: [l2] timeout")?,
-        (None, None) => defaults.timeout,
-    };
+    let timeout = crate::settings::duration_setting(
+        args.timeout,
+        file.and_then(|f| f.timeout.as_deref()),
+        "[l2] timeout",
+        defaults.timeout,
+    )?;
     Ok(Some(L2Config {
         nodes,
         k: args.k.or(file.and_then(|f| f.k)).unwrap_or(defaults.k),

@@ -78,7 +78,7 @@ struct GlobalArgs {
     root_group: Option<String>,
     /// How long a reader trusts a root's state before reading it again; a read from an expired
     /// root raises the alarm at most this late [default: 30s]
-    #[arg(long, global = true, env = "LAZYBLOCK_ROOT_CHECK_INTERVAL", value_parser = agent::parse_duration, help_heading = "Garbage collection")]
+    #[arg(long, global = true, env = "LAZYBLOCK_ROOT_CHECK_INTERVAL", value_parser = settings::parse_duration, help_heading = "Garbage collection")]
     root_check_interval: Option<std::time::Duration>,
 }
 
@@ -194,10 +194,8 @@ pub(crate) struct Resolved {
     pub(crate) l2: Option<lazyblock_cache::L2Config>,
     /// The root group builds write into.
     pub(crate) root_group: RootId,
-    /// GC ages.
-    pub(crate) gc: gc::GcDefaults,
-    /// How long a reader trusts a root's state, in seconds.
-    pub(crate) root_check_interval: u64,
+    /// GC ages and the readers' root-state check.
+    pub(crate) gc: gc::GcSettings,
 }
 
 fn resolve(global: &GlobalArgs) -> Result<Resolved> {
@@ -225,22 +223,9 @@ fn resolve(global: &GlobalArgs) -> Result<Resolved> {
         Some(g) => RootId::new(&g).context("root group")?,
         None => lazyblock_gc::plan::default_group(),
     };
-    let root_check_interval = match (
-        global.root_check_interval,
-        file.gc
-            .as_ref()
-            .and_then(|g| g.root_check_interval.as_deref()),
-    ) {
-        (Some(d), _) => d,
-        (None, Some(text)) => agent::parse_duration(text)
-            .map_err(anyhow::Error::msg)
-            .context("config file: [gc] root_check_interval")?,
-        (None, None) => std::time::Duration::from_secs(30),
-    };
     Ok(Resolved {
-        gc: gc::GcDefaults::resolve(file.gc.as_ref())?,
+        gc: gc::GcSettings::resolve(global.root_check_interval, file.gc.as_ref())?,
         root_group,
-        root_check_interval: root_check_interval.as_secs(),
         l2,
         store_url,
         tenant,
@@ -269,7 +254,7 @@ pub(crate) fn context(
     let alarm = lazyblock_gc::ExpiryAlarm::wrap(
         open_store(&r.store_url, writes)?,
         Arc::new(lazyblock_gc::SystemClock),
-        r.root_check_interval,
+        r.gc.root_check_interval.as_secs(),
         format!(
             "{} pid {}",
             std::fs::read_to_string("/proc/sys/kernel/hostname")

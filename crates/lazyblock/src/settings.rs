@@ -4,6 +4,7 @@
 //! typed settings.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
@@ -126,6 +127,45 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Parses `250ms`, `3s`, `2m`, `1h`, `2d` or a number of seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 3s, 2m"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {text:?}: use ms, s, m, h or d"
+            ))
+        }
+    })
+}
+
+/// A duration setting: the flag if given, else the config file's text (an invalid one is an
+/// error naming `key`), else `default`.
+pub(crate) fn duration_setting(
+    flag: Option<Duration>,
+    file: Option<&str>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration> {
+    match (flag, file) {
+        (Some(d), _) => Ok(d),
+        (None, Some(text)) => parse_duration(text)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("config file: {key}")),
+        (None, None) => Ok(default),
+    }
 }
 
 #[cfg(test)]
